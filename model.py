@@ -1,0 +1,28 @@
+"""The encoder h (28x28 crop -> 128 features) and the projection head f (-> d unit vectors).
+
+h is a CNN without padding whose total stride, 4, divides the crop grid's stride, so
+one pass over a whole canvas yields h of every grid crop at once, exactly equal to
+encoding each crop on its own (translation equivariance; PAPER.md, "Choices").
+Shapes: B batch, C canvas side, G crops per side, K = G * G crops, d = dim of z.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+FEATURES = 128
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim=50):
+        super().__init__()
+        # 28 -conv5-> 24 -pool-> 12 -conv3-> 10 -pool-> 5 -conv5-> 1; a C canvas gives (C - 28) / 4 + 1
+        self.h = nn.Sequential(
+            nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, FEATURES, 5), nn.ReLU())
+        self.f = nn.Sequential(nn.Linear(FEATURES, FEATURES), nn.ReLU(), nn.Linear(FEATURES, dim))
+
+    def forward(self, x):
+        """x (B, 1, C, C) in [0, 1] -> h (B, K, 128) and z = f(h) / |f(h)| (B, K, d), crops row-major."""
+        h = self.h(x).flatten(2).transpose(1, 2)  # (B, K, 128)
+        z = F.normalize(self.f(h), dim=-1)  # (B, K, d)
+        return h, z
