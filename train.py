@@ -34,12 +34,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__.split("\n")[0])
+    p = Parser(prog="train.py", description=__doc__.split("\n")[0])
     p.add_argument("--method", choices=["ours", "simclr"], default="ours", help="ours: exact MI with a trained P(T|X); simclr: NT-Xent, uniform T")
     p.add_argument("--dataset", choices=["regional", "mnist"], default="regional", help="Regional MNIST (digit anywhere) or MNIST (digit centred)")
     p.add_argument("--canvas", type=int, help="canvas side C in px (default 56 regional, 36 mnist)")
     p.add_argument("--data-dir", default="data", help="folder of the MNIST IDX files (downloaded there if missing)")
-    p.add_argument("--steps", type=int, default=300, help="iterations of Algorithm 1")
+    p.add_argument("--steps", type=int, help="iterations of Algorithm 1 (default 300, or no cap with --minutes)")
     p.add_argument("--batch-size", type=int, default=64, help="B, images per step")
     p.add_argument("--beta", type=float, default=5.0, help="beta, inverse temperature of P(Z|T(X)) (SimCLR's 1/tau)")
     p.add_argument("--entropy-weight", type=float, default=0.5, help="lambda, weight of the bonus H(T|X) in the channel step")
@@ -48,14 +48,16 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seeds the canvases, the weights and the batches")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     p.add_argument("--out", help="run folder (default runs/METHOD-DATASET-sSEED)")
+    p.add_argument("--minutes", type=float, help="wall-clock budget of the training loop (--steps stays a cap)")
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe after training")
     args = p.parse_args(argv)
+    args.steps = (10**9 if args.minutes else 300) if args.steps is None else args.steps
     args.canvas = args.canvas or {"regional": 56, "mnist": 36}[args.dataset]
     args.out = args.out or f"runs/{args.method}-{args.dataset}-s{args.seed}"
-    for name in ("steps", "batch_size", "beta", "lr", "dim", "save_every"):
-        if getattr(args, name) <= 0:
+    for name in ("steps", "batch_size", "beta", "lr", "dim", "save_every", "minutes"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.entropy_weight < 0:
         p.error(f"--entropy-weight must be non-negative, got {args.entropy_weight}")
@@ -139,43 +141,46 @@ def main(argv=None):
           + ("exact MI + lambda H(T|X)" if args.method == "ours" else "-NT-Xent"), file=sys.stderr)
 
     def checkpoint(step):
-        state = {"encoder": encoder.state_dict(), "channel": channel.state_dict(), "opt_h": opt_h.state_dict(),
-                 "opt_eta": opt_eta.state_dict(), "generator": g.get_state(), "step": step, "history": history}
-        save(os.path.join(args.out, "checkpoint.pt"), state)
+        if not all(w.isfinite().all() for w in [*encoder.parameters(), *channel.parameters()]):
+            sys.exit(f"\ntrain.py: error: step {step}: the weights are not finite; "
+                     f"the last good checkpoint stays in {args.out}")
+        save(os.path.join(args.out, "checkpoint.pt"), {
+            "encoder": encoder.state_dict(), "channel": channel.state_dict(), "opt_h": opt_h.state_dict(),
+            "opt_eta": opt_eta.state_dict(), "generator": g.get_state(), "step": step, "history": history})
 
     interrupted = []  # Ctrl-C ends the run at the next step boundary, with a checkpoint
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    t0 = time.perf_counter()
+    t0, step, budget = time.perf_counter(), start, 60 * (args.minutes or float("inf"))
     try:
-        for step in range(start, args.steps):
+        while step < args.steps and time.perf_counter() - t0 < budget:
             xb = x[torch.randint(len(x), (args.batch_size,), generator=g, device=device)].float() / 255  # (B, 1, C, C)
             loss, shown = step_loss(args, encoder, channel, xb, grid, g)
             if not torch.isfinite(loss):
                 sys.exit(f"\ntrain.py: error: step {step}: the objective is {loss.item()}; "
                          f"the last good checkpoint stays in {args.out}")
-            opt_h.zero_grad(set_to_none=True)
-            opt_eta.zero_grad(set_to_none=True)
+            for opt in (opt_h, opt_eta):
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             opt_h.step()
             if args.method == "ours":
                 opt_eta.step()
             history.append(shown)
-            rate = (step + 1 - start) * args.batch_size / (time.perf_counter() - t0)
-            bar = "#" * (30 * (step + 1) // args.steps)
-            print(f"\r[{bar:.<30}] {step + 1}/{args.steps} " + " ".join(f"{k} {v:.3f}" for k, v in shown.items())
-                  + f" {rate:.0f} img/s", end="", file=sys.stderr, flush=True)
+            step, elapsed = step + 1, time.perf_counter() - t0
+            bar = "#" * int(30 * max(step / args.steps, elapsed / budget))
+            print(f"\r[{bar:.<30}] step {step} {elapsed:.0f}s " + " ".join(f"{k} {v:.3f}" for k, v in shown.items())
+                  + f" {(step - start) * args.batch_size / elapsed:.0f} img/s", end="", file=sys.stderr, flush=True)
             if interrupted:
-                checkpoint(step + 1)
-                sys.exit(f"\ninterrupted: checkpoint of step {step + 1} saved in {args.out}; continue with --resume")
-            if (step + 1) % args.save_every == 0:
-                checkpoint(step + 1)
+                checkpoint(step)
+                sys.exit(f"\ninterrupted: checkpoint of step {step} saved in {args.out}; continue with --resume")
+            if step % args.save_every == 0:
+                checkpoint(step)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     seconds = time.perf_counter() - t0
     print(file=sys.stderr)
-    checkpoint(args.steps)
-    metrics = {"data_source": source, "steps": args.steps, "train_seconds": seconds,
-               "images_per_second": (args.steps - start) * args.batch_size / seconds, "device": str(device),
+    checkpoint(step)
+    metrics = {"data_source": source, "steps": step, "train_seconds": seconds,
+               "images_per_second": (step - start) * args.batch_size / seconds, "device": str(device),
                **diagnostics(args, encoder, channel, x[:args.batch_size].float() / 255)}
     probe.save_json(os.path.join(args.out, "metrics.json"), metrics)
     print(json.dumps(metrics), file=sys.stderr)
