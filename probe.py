@@ -21,10 +21,11 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from channel import Channel, crops_at
+from channel import CROP, STRIDE, Channel, crops_at
 from data import load_canvases, write_atomic
 from model import Encoder
 
@@ -37,14 +38,14 @@ def save_json(path, obj):
 
 
 def load_run(run_dir, device="cpu"):
-    """(args, encoder, channel) of a run folder written by train.py, weights frozen."""
+    """(args, encoder, channel, loss history) of a run folder written by train.py, weights frozen."""
     with open(os.path.join(run_dir, "args.json")) as fh:
         args = argparse.Namespace(**json.load(fh))
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location=device, weights_only=True)
     encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
     encoder.load_state_dict(ckpt["encoder"])
     channel.load_state_dict(ckpt["channel"])
-    return args, encoder.eval().requires_grad_(False), channel.eval().requires_grad_(False)
+    return args, encoder.eval().requires_grad_(False), channel.eval().requires_grad_(False), ckpt["history"]
 
 
 @torch.no_grad()
@@ -82,6 +83,50 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0):
     return float(fit(train_x, train_y, best).score(test_x, test_y))
 
 
+@torch.no_grad()
+def figures_and_diagnostics(run_dir, args, encoder, channel, x, y, history, accuracy):
+    """The poster's figures as PNG files in run_dir, and collapse diagnostics, from test canvases x (N, 1, C, C)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    device = next(encoder.parameters()).device
+    xb = x[:1000].to(device).float() / 255  # (n, 1, C, C)
+    p, z = channel(xb).exp(), encoder(xb)[1]  # (n, K), (n, K, d)
+    code = F.normalize((p[:, :, None] * z).sum(1), dim=-1).cpu()  # (n, d) z averaged under P(T|X)
+    ink = F.avg_pool2d(xb, CROP, STRIDE).flatten(1) * CROP**2 / xb.sum((1, 2, 3))[:, None]  # (n, K) digit inside crop k
+    diagnostics = {"digit_coverage": (p * ink).sum(1).mean().item(),  # E_{T ~ P(T|X)} fraction of the digit in the crop
+                   "feature_std": code.std(0).mean().item(), "feature_std_uniform": code.shape[1] ** -0.5}
+    H = torch.special.entr(p).sum(1).cpu().numpy()  # (n,) H(T|x) per canvas
+    code, p, images, y = code.numpy(), p.cpu().numpy(), xb[:, 0].cpu().numpy(), np.asarray(y)
+    order = y[:200].argsort()
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    im = ax.imshow(code[order] @ code[order].T, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set(title=f"{args.method}: cosine similarity of 200 test codes\n(sorted by class)", xticks=[], yticks=[])
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.savefig(os.path.join(run_dir, "similarity.png"), dpi=100, bbox_inches="tight")
+    G, C = int(len(p[0]) ** 0.5), args.canvas
+    fig, axes = plt.subplots(1, 6, figsize=(13, 2.6))
+    for i, ax in enumerate(axes):  # crop centres run from 14 to C - 14 px
+        ax.imshow(images[i], cmap="gray", extent=(0, C, C, 0))
+        ax.imshow(p[i].reshape(G, G), cmap="magma", alpha=0.55, extent=(12, C - 12, C - 12, 12))
+        ax.set(title=f"digit {y[i]}, H={H[i]:.1f} nats", xticks=[], yticks=[], xlim=(0, C), ylim=(C, 0))
+    fig.suptitle(f"{args.method}: P(T|X) over crop centres")
+    fig.savefig(os.path.join(run_dir, "channel.png"), dpi=100, bbox_inches="tight")
+    if code.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(code[:, 0], code[:, 1], c=y[:len(code)], cmap="tab10", s=4)
+        ax.set(title=f"{args.method}: 2-d codes of 1000 test images", aspect="equal")
+        fig.savefig(os.path.join(run_dir, "scatter.png"), dpi=100, bbox_inches="tight")
+    fig, axes = plt.subplots(1, len(history[0]), figsize=(5 * len(history[0]), 3))
+    for ax, key in zip(np.atleast_1d(axes), history[0]):
+        ax.plot([h[key] for h in history])
+        ax.set(xlabel="step", title=key)
+    fig.suptitle(f"{args.method}: probe (grid) f {accuracy['grid']['f']:.3f}, h {accuracy['grid']['h']:.3f}", y=1.05)
+    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=100, bbox_inches="tight")
+    plt.close("all")
+    return diagnostics
+
+
 def table(probe_accuracy):
     """The poster's layout: one column per mode, rows f output then h output."""
     modes = list(probe_accuracy)
@@ -102,7 +147,7 @@ def main(argv=None):
         if not os.path.exists(os.path.join(a.run_dir, name)):
             sys.exit(f"probe.py: error: {a.run_dir} holds no {name}: is it a run folder of train.py?")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    args, encoder, channel = load_run(a.run_dir, device)
+    args, encoder, channel, history = load_run(a.run_dir, device)
     modes = ["grid"] + ["topn"] * (args.method == "ours") + ["oracle"] * (args.dataset == "regional")
     split = {}
     for name, n in (("train", a.n_train), ("test", a.n_test)):
@@ -116,7 +161,9 @@ def main(argv=None):
     path = os.path.join(a.run_dir, "metrics.json")
     with open(path) if os.path.exists(path) else io.StringIO("{}") as fh:
         metrics = json.load(fh)
-    save_json(path, {**metrics, "probe": accuracy, "probe_images": {"train": len(train_y), "test": len(test_y)}})
+    diagnostics = figures_and_diagnostics(a.run_dir, args, encoder, channel, x, y, history, accuracy)
+    print(", ".join(f"{k} {v:.3f}" for k, v in diagnostics.items()))
+    save_json(path, {**metrics, **diagnostics, "probe": accuracy, "probe_images": {"train": len(train_y), "test": len(test_y)}})
     return accuracy
 
 

@@ -132,6 +132,8 @@ def test_train_and_probe_end_to_end(tmp_path, method):
     assert all(math.isfinite(saved[k]) for k in ("train_seconds", "images_per_second", "mi", "entropy", "uniformity"))
     modes = {"grid", "oracle"} | ({"topn"} if method == "ours" else set())
     assert set(saved["probe"]) == modes and all(0 <= saved["probe"][m][k] <= 1 for m in modes for k in "fh")
+    assert 0 < saved["digit_coverage"] <= 1 and 0 < saved["feature_std"] < saved["feature_std_uniform"] * 2
+    assert all((tmp_path / "run" / png).stat().st_size > 0 for png in ("similarity.png", "channel.png", "curves.png"))
     accuracy = probe.main([str(tmp_path / "run"), "--n-train", "40", "--n-test", "20"])
     assert json.load(open(tmp_path / "run" / "metrics.json"))["probe"] == accuracy
 

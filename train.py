@@ -81,14 +81,16 @@ def load_checkpoint(args):
     path = os.path.join(args.out, "checkpoint.pt")
     if not os.path.exists(path):
         sys.exit(f"train.py: error: --resume: no checkpoint at {path}")
-    ckpt = torch.load(path, weights_only=True)
     with open(os.path.join(args.out, "args.json")) as fh:
         saved = json.load(fh)
     for name in SAME_CONFIG:
         if saved.get(name) != getattr(args, name):
             sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has {name}={saved.get(name)!r}, "
                      f"not {getattr(args, name)!r}")
-    return ckpt
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # a truncated file, or one that is not a plain checkpoint (weights_only refuses code)
+        sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
 
 
 def step_loss(args, encoder, channel, xb, grid, g):

@@ -1,0 +1,99 @@
+"""Benchmark: the exact channel against SimCLR, side by side in one run, on this machine.
+
+    python bench.py --data-dir ../shared/mnist [--minutes 10]
+
+Prints (1) images/s of `train.py --steps 60 --no-probe` runs of ours and simclr at the same
+batch size, alternated over rounds so both see the same machine, with the median ratio;
+(2) crops/s of the one-pass encoder against encoding every crop on its own; (3) the peak
+resident memory of a process doing Regional MNIST steps at --memory-batch; (4) with
+--minutes M, the probe accuracy `train.py --minutes M` reaches.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import train
+from channel import crops_at, grid_offsets
+from model import Encoder
+
+MEMORY_STEP = """
+import resource, sys, torch, train
+from channel import Channel, grid_offsets
+from model import Encoder
+args = train.parse_args(["--method", sys.argv[2], "--batch-size", sys.argv[1]])
+x, grid, g = torch.rand(args.batch_size, 1, args.canvas, args.canvas), grid_offsets(args.canvas), torch.Generator()
+for _ in range(2):
+    train.step_loss(args, Encoder(), Channel(), x, grid, g)[0].backward()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB -> GiB
+"""
+
+
+def images_per_second(method, data_dir, batch_size, steps, out):
+    metrics = train.main(["--method", method, "--data-dir", data_dir, "--steps", str(steps), "--batch-size",
+                          str(batch_size), "--no-probe", "--out", out])
+    return metrics["images_per_second"]
+
+
+@torch.no_grad()
+def crops_per_second(canvas, batch, repeats=5):
+    """(one pass over the canvases, every crop encoded on its own) in crops/s, medians."""
+    torch.manual_seed(0)
+    encoder, x, offsets = Encoder(), torch.rand(batch, 1, canvas, canvas), grid_offsets(canvas)
+    crops = torch.cat([crops_at(x, o.expand(batch, 2)) for o in offsets])  # (B * K, 1, 28, 28)
+
+    def rate(f):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return batch * len(offsets) / statistics.median(times)
+    return rate(lambda: encoder(x)), rate(lambda: encoder(crops))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default="data", help="folder of the MNIST IDX files")
+    p.add_argument("--batch-size", type=int, default=64, help="B of both methods")
+    p.add_argument("--steps", type=int, default=60, help="steps of each timed run")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of ours and simclr")
+    p.add_argument("--memory-batch", type=int, default=256, help="B of the peak-memory step")
+    p.add_argument("--minutes", type=float, default=0, help="also train ours for M minutes and probe it")
+    a = p.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    rates = {"ours": [], "simclr": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for method in rates:
+                rates[method].append(images_per_second(method, a.data_dir, a.batch_size, a.steps,
+                                                       os.path.join(tmp, method)))
+    ratios = [s / o for s, o in zip(rates["simclr"], rates["ours"])]
+    for method, values in rates.items():
+        print(f"{method:>6}: {statistics.median(values):7.0f} images/s (median of {len(values)} runs "
+              f"of {a.steps} steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
+    print(f"step cost of ours / simclr: {statistics.median(ratios):.2f}x (median of per-round ratios)")
+    one_pass, per_crop = crops_per_second(56, a.batch_size)
+    print(f"encoder: one pass {one_pass:.0f} crops/s, per crop {per_crop:.0f} crops/s ({one_pass / per_crop:.1f}x)")
+    for method in ("ours", "simclr"):
+        peak = subprocess.run([sys.executable, "-c", MEMORY_STEP, str(a.memory_batch), method], check=True,
+                              capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        print(f"peak memory of a {method} step at B={a.memory_batch}: {float(peak.stdout):.2f} GiB (whole process)")
+    if a.minutes:
+        with tempfile.TemporaryDirectory() as tmp:
+            train.main(["--method", "ours", "--data-dir", a.data_dir, "--minutes", str(a.minutes), "--out", tmp])
+            with open(os.path.join(tmp, "metrics.json")) as fh:
+                m = json.load(fh)
+        print(f"ours in {a.minutes:g} min: {m['steps']} steps, probe grid f {m['probe']['grid']['f']:.4f} "
+              f"h {m['probe']['grid']['h']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
