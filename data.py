@@ -81,19 +81,19 @@ def download(url, path, md5, timeout=10.0):
 
 
 def _find_or_fetch(data_dir, stem, md5, mirrors, timeout):
-    """The path of stem (.gz or raw) in data_dir, downloading it if missing; None if impossible."""
+    """(path of stem, .gz or raw, in data_dir, downloading it if missing; None and why if impossible)."""
     for name in (stem + ".gz", stem):
         if os.path.exists(os.path.join(data_dir, name)):
-            return os.path.join(data_dir, name)
-    path = os.path.join(data_dir, stem + ".gz")
+            return os.path.join(data_dir, name), None
+    path, error = os.path.join(data_dir, stem + ".gz"), OSError("no mirror given")
     for mirror in mirrors:
         try:
             os.makedirs(data_dir, exist_ok=True)
             download(mirror + stem + ".gz", path, md5, timeout)
-            return path
+            return path, None
         except OSError as e:  # URLError, timeouts and MD5 mismatches are all OSErrors
-            print(f"download failed: {e}", file=sys.stderr)
-    return None
+            error = e
+    return None, error
 
 
 def digits_fallback(split):
@@ -114,13 +114,15 @@ def load_mnist(data_dir, split, mirrors=MIRRORS, timeout=10.0):
     Reads the IDX files in data_dir, downloads them where missing, and falls back to
     scikit-learn's digits where no download is possible; source says which was used.
     """
-    paths = [_find_or_fetch(data_dir, *FILES[split, kind], mirrors, timeout)
-             for kind in ("images", "labels")]
-    if None in paths:
-        images, labels = digits_fallback(split)
-        print(f"MNIST is not in {data_dir!r} and could not be downloaded: using scikit-learn's "
-              f"8x8 digits upsampled to 28x28 ({len(images)} {split} images)", file=sys.stderr)
-        return images, labels, "sklearn-digits"
+    paths = []
+    for kind in ("images", "labels"):
+        path, error = _find_or_fetch(data_dir, *FILES[split, kind], mirrors, timeout)
+        if path is None:
+            images, labels = digits_fallback(split)
+            print(f"MNIST is not in {data_dir!r} and could not be downloaded ({error}): using scikit-learn's "
+                  f"8x8 digits upsampled to 28x28 ({len(images)} {split} images)", file=sys.stderr)
+            return images, labels, "sklearn-digits"
+        paths.append(path)
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or images.shape[1:] != (DIGIT, DIGIT):
         raise ValueError(f"{paths[0]}: expected (N, 28, 28) images, found {images.shape}")

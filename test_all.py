@@ -59,8 +59,7 @@ def test_channel_sums_to_one_starts_uniform_and_gradients_reach_both_nets():
     opt = torch.optim.SGD(channel.parameters(), lr=100.0)
     for _ in range(2):  # the last layer starts at zero: inner layers get gradient once it has moved
         opt.zero_grad(), encoder.zero_grad()
-        logp = channel(x)
-        (-(exact_mi(encoder(x)[1], logp, 5.0) + 0.5 * entropy(logp))).backward()
+        (-(exact_mi(encoder(x)[1], logp := channel(x), 5.0) + 0.5 * entropy(logp))).backward()
         opt.step()
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in [*encoder.parameters(), *channel.parameters()])
     assert channel(x).std() > 1e-4  # trained away from uniform, and still normalized:
@@ -129,7 +128,7 @@ def test_train_and_probe_end_to_end(tmp_path, method):
     metrics = run(tmp_path, "run", "--steps", "4", method=method)
     saved = json.load(open(tmp_path / "run" / "metrics.json"))
     assert {k: saved[k] for k in metrics} == metrics and saved["data_source"] == "mnist" and saved["steps"] == 4
-    assert all(math.isfinite(saved[k]) for k in ("train_seconds", "images_per_second", "mi", "entropy", "uniformity"))
+    assert all(math.isfinite(v) for v in saved.values() if isinstance(v, float)) and "alignment" in saved
     modes = {"grid", "oracle"} | ({"topn"} if method == "ours" else set())
     assert set(saved["probe"]) == modes and all(0 <= saved["probe"][m][k] <= 1 for m in modes for k in "fh")
     assert 0 < saved["digit_coverage"] <= 1 and 0 < saved["feature_std"] < saved["feature_std_uniform"] * 2
@@ -140,8 +139,6 @@ def test_train_and_probe_end_to_end(tmp_path, method):
 def test_same_seed_same_losses_and_resume_or_interrupt_is_bit_identical(tmp_path, monkeypatch):
     run(tmp_path, "straight", "--steps", "20", "--no-probe")
     run(tmp_path, "resumed", "--steps", "10", "--no-probe")
-    run(tmp_path, "other-seed", "--steps", "10", "--no-probe", "--seed", "1")
-    assert checkpoint(tmp_path, "other-seed")["history"] != checkpoint(tmp_path, "resumed")["history"]
     run(tmp_path, "resumed", "--steps", "20", "--no-probe", "--resume")
     with monkeypatch.context() as patch, pytest.raises(SystemExit, match="interrupted: checkpoint of step 6"):
         around_step(patch, 6, before=lambda encoder: signal.raise_signal(signal.SIGINT))  # Ctrl-C in step 6
@@ -156,6 +153,10 @@ def test_same_seed_same_losses_and_resume_or_interrupt_is_bit_identical(tmp_path
     with pytest.raises(SystemExit, match="beta=5.0, not 7.0"):  # a checkpoint of another configuration
         run(tmp_path, "straight", "--steps", "30", "--beta", "7", "--resume")
     assert (tmp_path / "straight" / "args.json").read_text() == args_json
+    monkeypatch.setattr(torch, "save", lambda obj, fh: fh.write(b"half a checkpoint") / 0)  # killed while saving
+    with pytest.raises(ZeroDivisionError):
+        run(tmp_path, "straight", "--steps", "22", "--no-probe", "--resume")
+    assert checkpoint(tmp_path, "straight")["step"] == 20  # the previous checkpoint is intact
 
 @pytest.mark.parametrize("where", ["objective", "weights"])
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch, where):
@@ -169,8 +170,7 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_pa
     (["--canvas", "20"], "canvas 20 is smaller than the 28x28 crop"), (["--canvas", "58"], "not on the crop grid"),
     (["--beta", "0"], "--beta must be positive"), (["--batch-size", "-1"], "--batch-size must be positive"),
     (["--steps", "0"], "--steps must be positive"), (["--method", "byol"], "invalid choice: 'byol'"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"), (["--resume"], "no checkpoint at"),
-    (["--data-dir", "CORRUPT"], "train-images-idx3-ubyte.gz: truncated or corrupt")])
+    (["--dataset", "mnist!"], "invalid choice"), (["--resume"], "no checkpoint"), (["--data-dir", "CORRUPT"], "gz: truncated")])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, message):
     good, corrupt = fake_mnist(tmp_path / "mnist"), fake_mnist(tmp_path / "corrupt")
     (tmp_path / "corrupt" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + bytes(20)))
