@@ -115,7 +115,7 @@ def figures_and_diagnostics(run_dir, args, encoder, channel, x, y, history, accu
     if code.shape[1] == 2:
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.scatter(code[:, 0], code[:, 1], c=y[:len(code)], cmap="tab10", s=4)
-        ax.set(title=f"{args.method}: 2-d codes of 1000 test images", aspect="equal")
+        ax.set(title=f"{args.method}: 2-d codes of 1000 test images", aspect="equal", xlim=(-1.1, 1.1), ylim=(-1.1, 1.1))
         fig.savefig(os.path.join(run_dir, "scatter.png"), dpi=100, bbox_inches="tight")
     fig, axes = plt.subplots(1, len(history[0]), figsize=(5 * len(history[0]), 3))
     for ax, key in zip(np.atleast_1d(axes), history[0]):
