@@ -81,7 +81,7 @@ def main(argv=None):
               f"of {a.steps} steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
     print(f"step cost of ours / simclr: {statistics.median(ratios):.2f}x (median of per-round ratios)")
     one_pass, per_crop = crops_per_second(56, a.batch_size)
-    print(f"encoder: one pass {one_pass:.0f} crops/s, per crop {per_crop:.0f} crops/s ({one_pass / per_crop:.1f}x)")
+    print(f"encoder on the CPU, no grad: one pass {one_pass:.0f} crops/s, per crop {per_crop:.0f} crops/s ({one_pass / per_crop:.1f}x)")
     for method in ("ours", "simclr"):
         peak = subprocess.run([sys.executable, "-c", MEMORY_STEP, str(a.memory_batch), method], check=True,
                               capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))

@@ -59,7 +59,8 @@ def features(encoder, channel, x, offsets, modes, topn, batch=256):
         p = channel(xb).exp()  # (B, K)
         weights = {"grid": p}
         if "topn" in modes:
-            weights["topn"] = torch.zeros_like(p).scatter_(1, p.topk(topn, dim=1).indices, 1 / topn)  # (B, K)
+            n = min(topn, p.shape[1])  # a small canvas may have fewer than n crops
+            weights["topn"] = torch.zeros_like(p).scatter_(1, p.topk(n, dim=1).indices, 1 / n)  # (B, K)
         for mode in modes:
             if mode == "oracle":
                 h_o, z_o = encoder(crops_at(xb, offsets[i:i + batch]))  # (B, 1, 128), (B, 1, d)

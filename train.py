@@ -56,6 +56,7 @@ def parse_args(argv):
     args.steps = (10**9 if args.minutes else 300) if args.steps is None else args.steps
     args.canvas = args.canvas or {"regional": 56, "mnist": 36}[args.dataset]
     args.out = args.out or f"runs/{args.method}-{args.dataset}-s{args.seed}"
+    args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from args.json, from any folder
     for name in ("steps", "batch_size", "beta", "lr", "dim", "save_every", "minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -79,8 +80,8 @@ def save(path, obj):
 
 def load_checkpoint(args):
     path = os.path.join(args.out, "checkpoint.pt")
-    if not os.path.exists(path):
-        sys.exit(f"train.py: error: --resume: no checkpoint at {path}")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(args.out, "args.json")):
+        sys.exit(f"train.py: error: --resume: no checkpoint at {path} (or no args.json beside it)")
     with open(os.path.join(args.out, "args.json")) as fh:
         saved = json.load(fh)
     for name in SAME_CONFIG:
@@ -88,7 +89,7 @@ def load_checkpoint(args):
             sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has {name}={saved.get(name)!r}, "
                      f"not {getattr(args, name)!r}")
     try:
-        return torch.load(path, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint (weights_only refuses code)
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
 
@@ -131,6 +132,8 @@ def main(argv=None):
     opt_eta = torch.optim.Adam(channel.parameters(), lr=args.lr)  # eta
     g = torch.Generator(device).manual_seed(args.seed)  # batches and simclr's views
     start, history = 0, []
+    if ckpt and ckpt["device"] != device.type:  # the CPU and CUDA generators keep different states
+        sys.exit(f"train.py: error: --resume: the checkpoint was written on {ckpt['device']}, this run is on {device.type}")
     if ckpt:
         for obj, key in ((encoder, "encoder"), (channel, "channel"), (opt_h, "opt_h"), (opt_eta, "opt_eta")):
             obj.load_state_dict(ckpt[key])
@@ -148,7 +151,7 @@ def main(argv=None):
                      f"the last good checkpoint stays in {args.out}")
         save(os.path.join(args.out, "checkpoint.pt"), {
             "encoder": encoder.state_dict(), "channel": channel.state_dict(), "opt_h": opt_h.state_dict(),
-            "opt_eta": opt_eta.state_dict(), "generator": g.get_state(), "step": step, "history": history})
+            "opt_eta": opt_eta.state_dict(), "generator": g.get_state(), "step": step, "history": history, "device": device.type})
 
     interrupted = []  # Ctrl-C ends the run at the next step boundary, with a checkpoint
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
