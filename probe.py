@@ -39,9 +39,8 @@ def save_json(path, obj):
 
 def load_run(run_dir, device="cpu"):
     """(args, encoder, channel, loss history) of a run folder written by train.py, weights frozen."""
-    with open(os.path.join(run_dir, "args.json")) as fh:
-        args = argparse.Namespace(**json.load(fh))
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location=device, weights_only=True)
+    args = argparse.Namespace(**ckpt["args"])  # the arguments the weights were trained with
     encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
     encoder.load_state_dict(ckpt["encoder"])
     channel.load_state_dict(ckpt["channel"])
@@ -144,9 +143,8 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=10000, help="test images (first of the split)")
     p.add_argument("--topn", type=int, default=5, help="n of the topn mode")
     a = p.parse_args(argv)
-    for name in ("args.json", "checkpoint.pt"):
-        if not os.path.exists(os.path.join(a.run_dir, name)):
-            sys.exit(f"probe.py: error: {a.run_dir} holds no {name}: is it a run folder of train.py?")
+    if not os.path.exists(os.path.join(a.run_dir, "checkpoint.pt")):
+        sys.exit(f"probe.py: error: {a.run_dir} holds no checkpoint.pt: is it a run folder of train.py?")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args, encoder, channel, history = load_run(a.run_dir, device)
     modes = ["grid"] + ["topn"] * (args.method == "ours") + ["oracle"] * (args.dataset == "regional")

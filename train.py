@@ -56,7 +56,7 @@ def parse_args(argv):
     args.steps = (10**9 if args.minutes else 300) if args.steps is None else args.steps
     args.canvas = args.canvas or {"regional": 56, "mnist": 36}[args.dataset]
     args.out = args.out or f"runs/{args.method}-{args.dataset}-s{args.seed}"
-    args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from args.json, from any folder
+    args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from the checkpoint, from any folder
     for name in ("steps", "batch_size", "beta", "lr", "dim", "save_every", "minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -79,19 +79,19 @@ def save(path, obj):
 
 
 def load_checkpoint(args):
+    """The checkpoint in --out, refused in one line if unreadable or of another configuration."""
     path = os.path.join(args.out, "checkpoint.pt")
-    if not os.path.exists(path) or not os.path.exists(os.path.join(args.out, "args.json")):
-        sys.exit(f"train.py: error: --resume: no checkpoint at {path} (or no args.json beside it)")
-    with open(os.path.join(args.out, "args.json")) as fh:
-        saved = json.load(fh)
-    for name in SAME_CONFIG:
-        if saved.get(name) != getattr(args, name):
-            sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has {name}={saved.get(name)!r}, "
-                     f"not {getattr(args, name)!r}")
+    if not os.path.exists(path):
+        sys.exit(f"train.py: error: --resume: no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint (weights_only refuses code)
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
+    for name in SAME_CONFIG:
+        if ckpt["args"].get(name) != getattr(args, name):
+            sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has {name}={ckpt['args'].get(name)!r}, "
+                     f"not {getattr(args, name)!r}")
+    return ckpt
 
 
 def step_loss(args, encoder, channel, xb, grid, g):
@@ -151,7 +151,8 @@ def main(argv=None):
                      f"the last good checkpoint stays in {args.out}")
         save(os.path.join(args.out, "checkpoint.pt"), {
             "encoder": encoder.state_dict(), "channel": channel.state_dict(), "opt_h": opt_h.state_dict(),
-            "opt_eta": opt_eta.state_dict(), "generator": g.get_state(), "step": step, "history": history, "device": device.type})
+            "opt_eta": opt_eta.state_dict(), "generator": g.get_state(), "step": step, "history": history, "device": device.type,
+            "args": vars(args)})
 
     interrupted = []  # Ctrl-C ends the run at the next step boundary, with a checkpoint
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
