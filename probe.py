@@ -79,6 +79,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0):
             warnings.simplefilter("ignore", ConvergenceWarning)
             return LogisticRegression(C=C, max_iter=MAX_ITER, random_state=seed).fit(x, y)
     cut = len(train_x) * 4 // 5
+    if min(len(np.unique(train_y[:cut])), len(np.unique(train_y[cut:]))) < 2:
+        sys.exit(f"probe.py: error: {len(train_x)} train images are too few: a part of them holds one class")
     best = max(CS, key=lambda C: fit(train_x[:cut], train_y[:cut], C).score(train_x[cut:], train_y[cut:]))
     return float(fit(train_x, train_y, best).score(test_x, test_y))
 
@@ -145,8 +147,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(a.run_dir, "checkpoint.pt")):
         sys.exit(f"probe.py: error: {a.run_dir} holds no checkpoint.pt: is it a run folder of train.py?")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    args, encoder, channel, history = load_run(a.run_dir, device)
+    args, encoder, channel, history = load_run(a.run_dir)
+    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"  # the run's own choice
+    encoder, channel = encoder.to(device), channel.to(device)
     modes = ["grid"] + ["topn"] * (args.method == "ours") + ["oracle"] * (args.dataset == "regional")
     split = {}
     for name, n in (("train", a.n_train), ("test", a.n_test)):
