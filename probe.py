@@ -163,7 +163,7 @@ def main(argv=None):
     path = os.path.join(a.run_dir, "metrics.json")
     with open(path) if os.path.exists(path) else io.StringIO("{}") as fh:
         metrics = json.load(fh)
-    diagnostics = figures_and_diagnostics(a.run_dir, args, encoder, channel, x, y, history, accuracy)
+    diagnostics = figures_and_diagnostics(a.run_dir, args, encoder, channel, x, y, history, accuracy)  # x, y: test
     print(", ".join(f"{k} {v:.3f}" for k, v in diagnostics.items()))
     save_json(path, {**metrics, **diagnostics, "probe": accuracy, "probe_images": {"train": len(train_y), "test": len(test_y)}})
     return accuracy
