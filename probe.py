@@ -8,9 +8,8 @@ Features of the encoder h (128-d) and of the projection head f (d-dim), in three
   oracle  the crop at the true digit offset (the poster's "SimCLR (oracle)")
 A scikit-learn logistic regression on the raw features (not standardized: rescaling each
 feature would hide the collapse the poster measures, the representations of all images
-crowding together) is fitted on the train split, its inverse regularization C chosen on the
-last fifth of it (never on test), and scored on the test split.
-Shapes: B batch, K crops, d embedding.
+crowding together) is fitted on the whole train split (60,000 MNIST images), its inverse
+regularization C chosen on the last fifth of it (never on test), and scored on the test split.
 """
 import argparse
 import io
@@ -30,6 +29,7 @@ from data import load_canvases, write_atomic
 from model import Encoder
 
 CS = (1.0, 10.0, 100.0)  # candidate C of the logistic regression
+SELECT = 10000  # train images of the fits that choose C (the chosen C is then refitted on all of them)
 MAX_ITER = 500  # L-BFGS iterations per fit: part of the protocol, so a collapsed run may stop unconverged
 
 
@@ -73,7 +73,8 @@ def features(encoder, channel, x, offsets, modes, topn, batch=256):
 
 
 def linear_probe(train_x, train_y, test_x, test_y, seed=0):
-    """Test accuracy of a logistic regression, C chosen on the last fifth of train."""
+    """Test accuracy of a logistic regression refitted on all train, its C chosen by fits on at most
+    SELECT images of the first four fifths of train, scored on the last fifth."""
     def fit(x, y, C):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -81,7 +82,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0):
     cut = len(train_x) * 4 // 5
     if min(len(np.unique(train_y[:cut])), len(np.unique(train_y[cut:]))) < 2:
         sys.exit(f"probe.py: error: {len(train_x)} train images are too few: a part of them holds one class")
-    best = max(CS, key=lambda C: fit(train_x[:cut], train_y[:cut], C).score(train_x[cut:], train_y[cut:]))
+    part = slice(0, min(cut, SELECT))
+    best = max(CS, key=lambda C: fit(train_x[part], train_y[part], C).score(train_x[cut:], train_y[cut:]))
     return float(fit(train_x, train_y, best).score(test_x, test_y))
 
 
@@ -141,7 +143,7 @@ def table(probe_accuracy):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Linear probe of a run's frozen features.")
     p.add_argument("run_dir", help="folder written by train.py")
-    p.add_argument("--n-train", type=int, default=10000, help="train images for the probe (first of the split)")
+    p.add_argument("--n-train", type=int, default=60000, help="train images for the probe (first of the split)")
     p.add_argument("--n-test", type=int, default=10000, help="test images (first of the split)")
     p.add_argument("--topn", type=int, default=5, help="n of the topn mode")
     a = p.parse_args(argv)
