@@ -4,9 +4,10 @@
 
 Prints (1) images/s of `train.py --steps 60 --no-probe` runs of ours and simclr at the same
 batch size, alternated over rounds so both see the same machine, with the median ratio;
-(2) crops/s of the one-pass encoder against encoding every crop on its own; (3) the peak
-resident memory of a process doing Regional MNIST steps at --memory-batch; (4) with
---minutes M, the probe accuracy `train.py --minutes M` reaches.
+(2) the forward multiply-adds per image of both steps, counted layer by layer, which bound
+the ratio from below; (3) crops/s of the one-pass encoder against encoding every crop on its
+own; (4) the peak resident memory of a process doing Regional MNIST steps at --memory-batch;
+(5) with --minutes M, the probe accuracy `train.py --minutes M` reaches.
 """
 import argparse
 import json
@@ -39,6 +40,29 @@ def images_per_second(method, data_dir, batch_size, steps, out):
     metrics = train.main(["--method", method, "--data-dir", data_dir, "--steps", str(steps), "--batch-size",
                           str(batch_size), "--no-probe", "--out", out])
     return metrics["images_per_second"]
+
+
+@torch.no_grad()
+def multiply_adds(canvas=56, batch=64, dim=50):
+    """Forward multiply-adds per image of a step: {method: (encoder, objective)}.
+
+    ours encodes one canvas (all K crops in one pass) and compares all N = B K codes with each
+    other (the (N, N) matrix of the denominator and the (K, K) numerator of each image); simclr
+    encodes two 28x28 crops and compares 2B codes. Each Conv2d or Linear output element costs
+    one dot product with a row of its weight.
+    """
+    encoder, counts = Encoder(dim), []
+    for m in encoder.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(lambda m, _, out: counts.append(out.numel() * m.weight[0].numel()))
+
+    def encoder_cost(x):
+        counts.clear()
+        encoder(x)
+        return sum(counts)
+    K = len(grid_offsets(canvas))
+    return {"ours": (encoder_cost(torch.zeros(1, 1, canvas, canvas)), (batch * K + K) * K * dim),
+            "simclr": (encoder_cost(torch.zeros(2, 1, 28, 28)), 4 * batch * dim)}
 
 
 @torch.no_grad()
@@ -80,6 +104,11 @@ def main(argv=None):
         print(f"{method:>6}: {statistics.median(values):7.0f} images/s (median of {len(values)} runs "
               f"of {a.steps} steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
     print(f"step cost of ours / simclr: {statistics.median(ratios):.2f}x (median of per-round ratios)")
+    cost = multiply_adds(56, a.batch_size)
+    for method, (enc, obj) in cost.items():
+        print(f"{method:>6}: {enc / 1e6:5.1f} M multiply-adds per image in the encoder, {obj / 1e6:5.2f} M in the objective (forward)")
+    print(f"arithmetic ratio ours / simclr: {sum(cost['ours']) / sum(cost['simclr']):.2f}x; the encoder alone "
+          f"{cost['ours'][0] / cost['simclr'][0]:.2f}x (its first layer alone (52 / 24)^2 / 2 = {52**2 / 2 / 24**2:.2f}x)")
     one_pass, per_crop = crops_per_second(56, a.batch_size)
     print(f"encoder on the CPU, no grad: one pass {one_pass:.0f} crops/s, per crop {per_crop:.0f} crops/s ({one_pass / per_crop:.1f}x)")
     for method in ("ours", "simclr"):
