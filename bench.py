@@ -44,7 +44,7 @@ def images_per_second(method, data_dir, batch_size, steps, out):
 
 @torch.no_grad()
 def multiply_adds(canvas=56, batch=64, dim=50):
-    """Forward multiply-adds per image of a step: {method: (encoder, objective)}.
+    """Forward multiply-adds per image of a step: {method: (encoder's per layer, objective)}.
 
     ours encodes one canvas (all K crops in one pass) and compares all N = B K codes with each
     other (the (N, N) matrix of the denominator and the (K, K) numerator of each image); simclr
@@ -59,7 +59,7 @@ def multiply_adds(canvas=56, batch=64, dim=50):
     def encoder_cost(x):
         counts.clear()
         encoder(x)
-        return sum(counts)
+        return list(counts)
     K = len(grid_offsets(canvas))
     return {"ours": (encoder_cost(torch.zeros(1, 1, canvas, canvas)), (batch * K + K) * K * dim),
             "simclr": (encoder_cost(torch.zeros(2, 1, 28, 28)), 4 * batch * dim)}
@@ -104,11 +104,11 @@ def main(argv=None):
         print(f"{method:>6}: {statistics.median(values):7.0f} images/s (median of {len(values)} runs "
               f"of {a.steps} steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
     print(f"step cost of ours / simclr: {statistics.median(ratios):.2f}x (median of per-round ratios)")
-    cost = multiply_adds(56, a.batch_size)
-    for method, (enc, obj) in cost.items():
-        print(f"{method:>6}: {enc / 1e6:5.1f} M multiply-adds per image in the encoder, {obj / 1e6:5.2f} M in the objective (forward)")
-    print(f"arithmetic ratio ours / simclr: {sum(cost['ours']) / sum(cost['simclr']):.2f}x; the encoder alone "
-          f"{cost['ours'][0] / cost['simclr'][0]:.2f}x (its first layer alone (52 / 24)^2 / 2 = {52**2 / 2 / 24**2:.2f}x)")
+    (ours, ours_obj), (simclr, simclr_obj) = multiply_adds(56, a.batch_size).values()
+    for method, enc, obj in (("ours", ours, ours_obj), ("simclr", simclr, simclr_obj)):
+        print(f"{method:>6}: {sum(enc) / 1e6:5.1f} M multiply-adds per image in the encoder, {obj / 1e6:5.2f} M in the objective (forward)")
+    print(f"arithmetic ratio ours / simclr: {(sum(ours) + ours_obj) / (sum(simclr) + simclr_obj):.2f}x; the encoder alone "
+          f"{sum(ours) / sum(simclr):.2f}x, by layer " + ", ".join(f"{o / s:.2f}x" for o, s in zip(ours, simclr)))
     one_pass, per_crop = crops_per_second(56, a.batch_size)
     print(f"encoder on the CPU, no grad: one pass {one_pass:.0f} crops/s, per crop {per_crop:.0f} crops/s ({one_pass / per_crop:.1f}x)")
     for method in ("ours", "simclr"):
