@@ -2,7 +2,7 @@
 
     python probe.py RUN_DIR
 
-Features of the encoder h (128-d) and of the projection head f (d-dim), in three modes:
+Features of the encoder h (256-d) and of the projection head f (d-dim), in three modes:
   grid    averaged over the crop grid under the run's channel P(T|X) (uniform for simclr)
   topn    averaged over the n most probable crops under P(T|X) (ours)
   oracle  the crop at the true digit offset (the poster's "SimCLR (oracle)")
@@ -49,12 +49,12 @@ def load_run(run_dir, device="cpu"):
 
 @torch.no_grad()
 def features(encoder, channel, x, offsets, modes, topn, batch=256):
-    """{mode: {"h": (N, 128), "f": (N, d)}} numpy features of uint8 canvases x (N, 1, C, C)."""
+    """{mode: {"h": (N, 256), "f": (N, d)}} numpy features of uint8 canvases x (N, 1, C, C)."""
     device = next(encoder.parameters()).device
     out = {m: {"h": [], "f": []} for m in modes}
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].to(device).float() / 255  # (B, 1, C, C)
-        h, z = encoder(xb)  # (B, K, 128), (B, K, d)
+        h, z = encoder(xb)  # (B, K, 256), (B, K, d)
         p = channel(xb).exp()  # (B, K)
         weights = {"grid": p}
         if "topn" in modes:
@@ -62,7 +62,7 @@ def features(encoder, channel, x, offsets, modes, topn, batch=256):
             weights["topn"] = torch.zeros_like(p).scatter_(1, p.topk(n, dim=1).indices, 1 / n)  # (B, K)
         for mode in modes:
             if mode == "oracle":
-                h_o, z_o = encoder(crops_at(xb, offsets[i:i + batch]))  # (B, 1, 128), (B, 1, d)
+                h_o, z_o = encoder(crops_at(xb, offsets[i:i + batch]))  # (B, 1, 256), (B, 1, d)
                 pairs = (("h", h_o[:, 0]), ("f", z_o[:, 0]))
             else:
                 w = weights[mode][:, :, None]  # (B, K, 1)

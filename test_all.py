@@ -46,8 +46,8 @@ def test_estimators_match_loops_and_bound_below_mi_below_log_batch(seed, monkeyp
 def test_one_pass_encoder_equals_per_crop(canvas):
     torch.manual_seed(0)
     encoder, x, offsets = model.Encoder(), torch.rand(2, 1, canvas, canvas), grid_offsets(canvas)
-    h, z = encoder(x)  # (2, K, 128), (2, K, 50)
-    assert h.shape == (2, len(offsets), 128) and len(offsets) == ((canvas - 28) // 4 + 1) ** 2
+    h, z = encoder(x)  # (2, K, 256), (2, K, 50)
+    assert h.shape == (2, len(offsets), model.FEATURES) and len(offsets) == ((canvas - 28) // 4 + 1) ** 2
     for k, offset in enumerate(offsets):
         h_k, z_k = encoder(crops_at(x, offset.expand(2, 2)))
         torch.testing.assert_close((h[:, k], z[:, k]), (h_k[:, 0], z_k[:, 0]), atol=1e-5, rtol=1e-5)
