@@ -42,8 +42,11 @@ def load_run(run_dir, device="cpu"):
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location=device, weights_only=True)
     args = argparse.Namespace(**ckpt["args"])  # the arguments the weights were trained with
     encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
-    encoder.load_state_dict(ckpt["encoder"])
-    channel.load_state_dict(ckpt["channel"])
+    try:
+        encoder.load_state_dict(ckpt["encoder"])
+        channel.load_state_dict(ckpt["channel"])
+    except RuntimeError as e:  # e.g. a run of the earlier 128-feature encoder
+        sys.exit(f"probe.py: error: {run_dir}: the weights do not fit this model.py: {str(e).splitlines()[-1].strip()}")
     return args, encoder.eval().requires_grad_(False), channel.eval().requires_grad_(False), ckpt["history"]
 
 

@@ -80,7 +80,6 @@ def write_idx(path, array):  # an IDX writer independent of data.read_idx: magic
     raw = struct.pack(">4B", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as fh:
         fh.write(raw + array.astype(np.uint8).tobytes())
-
 def fake_mnist(folder, n_train=96, n_test=48):  # tiny IDX files; a bar whose row is the class gives signal
     rng = np.random.default_rng(0)
     os.makedirs(folder, exist_ok=True)
@@ -99,8 +98,7 @@ def test_idx_round_trip_corrupt_files_and_offline_fallback(tmp_path, capsys):
     for name, content in {"truncated": (tmp_path / "b").read_bytes()[:-10], "text": b"hello world",
                           "broken.gz": (tmp_path / "a.gz").read_bytes()[:90]}.items():
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(ValueError, match=str(tmp_path / name)):
-            data.read_idx(str(tmp_path / name))
+        pytest.raises(ValueError, data.read_idx, str(tmp_path / name)).match(str(tmp_path / name))
     assert [t.shape for t in data.load_mnist(fake_mnist(tmp_path / "mnist"), "test")[:2]] == [(48, 28, 28), (48,)]
     images, labels, source = data.load_mnist(str(tmp_path / "empty"), "train", mirrors=())
     assert source == "sklearn-digits" and images.shape[1:] == (28, 28) and set(labels.tolist()) == set(range(10))
@@ -124,7 +122,7 @@ def around_step(monkeypatch, at, before=None, after=None):  # call before/after(
     monkeypatch.setattr(train, "step_loss", patched)
 
 @pytest.mark.parametrize("method", ["ours", "simclr"])
-def test_train_and_probe_end_to_end(tmp_path, method):
+def test_train_and_probe_end_to_end(tmp_path, monkeypatch, method):
     metrics = run(tmp_path, "run", "--steps", "4", method=method)
     saved = json.load(open(tmp_path / "run" / "metrics.json"))
     assert {k: saved[k] for k in metrics} == metrics and saved["data_source"] == "mnist" and saved["steps"] == 4
@@ -135,6 +133,8 @@ def test_train_and_probe_end_to_end(tmp_path, method):
     assert all((tmp_path / "run" / png).stat().st_size > 0 for png in ("similarity.png", "channel.png", "curves.png"))
     accuracy = probe.main([str(tmp_path / "run"), "--n-train", "40", "--n-test", "20"])
     assert json.load(open(tmp_path / "run" / "metrics.json"))["probe"] == accuracy
+    monkeypatch.setattr(model, "FEATURES", 128)  # weights of another encoder width are refused in one line
+    pytest.raises(SystemExit, probe.main, [str(tmp_path / "run")]).match("do not fit this model.py: size mismatch")
 
 def test_same_seed_same_losses_and_resume_or_interrupt_is_bit_identical(tmp_path, monkeypatch):
     run(tmp_path, "straight", "--steps", "20", "--no-probe")
