@@ -8,7 +8,7 @@ Shapes: B batch, C canvas side, G crops per side, K = G * G crops, d = dim of z.
 import torch.nn as nn
 import torch.nn.functional as F
 
-FEATURES = 256  # wider than 128: the probe of h reads 0.011 higher (README, "Choices")
+FEATURES = 256  # PAPER.md chose 128; 256 reads the probe of h 0.011 higher (README, "Choices")
 
 
 class Encoder(nn.Module):
