@@ -148,7 +148,7 @@ def main(argv=None):
     p.add_argument("run_dir", help="folder written by train.py")
     p.add_argument("--n-train", type=int, default=60000, help="train images for the probe (first of the split)")
     p.add_argument("--n-test", type=int, default=10000, help="test images (first of the split)")
-    p.add_argument("--topn", type=int, default=5, help="n of the topn mode")
+    p.add_argument("--topn", type=int, default=10, help="n of the topn mode (10: best of 5, 10, 20 on a validation part of train)")
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(a.run_dir, "checkpoint.pt")):
         sys.exit(f"probe.py: error: {a.run_dir} holds no checkpoint.pt: is it a run folder of train.py?")
