@@ -2,7 +2,7 @@
 
 Proposition 1 (Koyama et al. 2021): with P(Z | T(X)) = C_beta exp(beta S(Z, h(T(X)))),
 
-    I(X;Z) = E_{X,Z} log E_{T'|X}[exp(beta S(Z, h(T'(X))))] / E_{T'',X~}[exp(beta S(Z, h(T''(X~))))].
+    I(X;Z) = E_{X,Z} log E_{T'|X}[exp(beta S(Z, h(T'(X))))] / E_{T'',X~}[exp(beta S(Z, h(T''(X~))))]
 
 On a crop grid every expectation over T is a sum over K crops (PAPER.md, "The estimator"):
     s[i,k,j,l] = beta <z[i,k], z[j,l]>
@@ -16,12 +16,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}  # entries of the (N, N) similarity matrix held at once:
-# 4 MB chunks stay in a CPU's cache (2x faster than whole rows of a 4096^2 matrix); a GPU takes big ones
+# Entries of the (N, N) similarity matrix held at once: 4 MB chunks stay in a CPU's cache (2x
+# faster than whole rows of a 4096^2 matrix); a GPU takes big ones.
+CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}
 
 
 class _StreamedLogSumExp(torch.autograd.Function):
-    """lse[a] = logsumexp_b (beta <zf[a], zf[b]> + logpf[b]) over all N = B * K rows, CHUNK rows at a time.
+    """lse[a] = logsumexp_b (beta <zf[a], zf[b]> + logpf[b]) over N = B * K rows, a chunk at a time.
 
     Exact, with a hand-written backward that recomputes each chunk: the (N, N) matrix is
     never held whole (memory O(chunk * N)) and each chunk is one fused matmul and a few
@@ -31,8 +32,10 @@ class _StreamedLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zf, logpf, beta):
         ctx.chunk = max(1, CHUNK_ELEMENTS.get(zf.device.type, 2**20) // len(zf))  # rows per chunk
-        lse = torch.cat([torch.logsumexp(torch.addmm(logpf, zf[i:i + ctx.chunk], zf.T, alpha=beta), dim=1)
-                         for i in range(0, len(zf), ctx.chunk)])  # (N,)
+        lse = torch.empty_like(logpf)  # (N,)
+        for i in range(0, len(zf), ctx.chunk):
+            s = torch.addmm(logpf, zf[i:i + ctx.chunk], zf.T, alpha=beta)  # (c, N) one chunk
+            lse[i:i + ctx.chunk] = torch.logsumexp(s, 1)
         ctx.save_for_backward(zf, logpf, lse)
         ctx.beta = beta
         return lse
@@ -40,19 +43,30 @@ class _StreamedLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lse):
         zf, logpf, lse = ctx.saved_tensors
-        grad_z, grad_logp = torch.zeros_like(zf), torch.zeros_like(logpf)
+        need_z = ctx.needs_input_grad[0]  # False in the channel step: z is fixed there
+        grad_z, grad_logp = torch.zeros_like(zf) if need_z else None, torch.zeros_like(logpf)
         for i in range(0, len(zf), ctx.chunk):
             rows = slice(i, i + ctx.chunk)
             w = torch.addmm(logpf, zf[rows], zf.T, alpha=ctx.beta)  # (c, N) the chunk again
-            w.sub_(lse[rows, None]).exp_().mul_(grad_lse[rows, None])  # (c, N) softmax weights times the incoming grad
+            w.sub_(lse[rows, None]).exp_().mul_(grad_lse[rows, None])  # (c, N) softmax x grad
             grad_logp += w.sum(0)
-            grad_z[rows] += ctx.beta * (w @ zf)  # (c, d) through z[a] in <z[a], z[b]>
-            grad_z += ctx.beta * (w.T @ zf[rows])  # (N, d) through z[b]
+            if need_z:
+                grad_z[rows] += ctx.beta * (w @ zf)  # (c, d) through z[a] in <z[a], z[b]>
+                grad_z += ctx.beta * (w.T @ zf[rows])  # (N, d) through z[b]
         return grad_z, grad_logp, None
 
 
+def den_reference(z, logp, beta):
+    """den[i,k] = logsumexp_{j,l} (logp[j,l] + s[i,k,j,l]) - log B, as the formula reads: (B, K).
+
+    Holds all (B K)^2 similarities at once: for the tests and small N. exact_mi uses _den.
+    """
+    s = beta * torch.einsum("ikd,jld->ikjl", z, z)  # (B, K, B, K)
+    return torch.logsumexp((logp[None, None] + s).flatten(2), dim=2) - math.log(len(z))  # (B, K)
+
+
 def _den(z, logp, beta):
-    """den[i,k] = logsumexp_{j,l} (logp[j,l] + s[i,k,j,l]) - log B: (B, K)."""
+    """den_reference streamed: the same (B, K) values, never holding the (N, N) matrix."""
     B, K, d = z.shape
     lse = _StreamedLogSumExp.apply(z.reshape(B * K, d), logp.reshape(B * K), beta)  # (N,)
     return lse.view(B, K) - math.log(B)
