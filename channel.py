@@ -8,6 +8,7 @@ Shapes: B batch, C canvas side, G crops per side, K = G * G crops.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 CROP, STRIDE = 28, 4
 
@@ -17,8 +18,9 @@ def check_canvas(canvas, crop=CROP, stride=STRIDE):
     if canvas < crop:
         raise ValueError(f"canvas {canvas} is smaller than the {crop}x{crop} crop")
     if (canvas - crop) % stride:
-        raise ValueError(f"canvas {canvas} is not on the crop grid: canvas - {crop} "
-                         f"must be a multiple of the stride {stride} (try {canvas - (canvas - crop) % stride})")
+        raise ValueError(f"canvas {canvas} is not on the crop grid: canvas - {crop} must be a "
+                         f"multiple of the stride {stride} "
+                         f"(try {canvas - (canvas - crop) % stride})")
 
 
 def grid_offsets(canvas, crop=CROP, stride=STRIDE):
@@ -29,7 +31,8 @@ def grid_offsets(canvas, crop=CROP, stride=STRIDE):
 
 
 def crops_at(x, offsets, crop=CROP):
-    """The crop of each canvas at its own offset: x (B, 1, C, C), offsets (B, 2) -> (B, 1, crop, crop)."""
+    """The crop of each canvas at its own offset: x (B, 1, C, C), offsets (B, 2) -> (B, 1, 28, 28).
+    """
     r = offsets[:, :1].to(x.device) + torch.arange(crop, device=x.device)  # (B, crop)
     c = offsets[:, 1:].to(x.device) + torch.arange(crop, device=x.device)  # (B, crop)
     b = torch.arange(len(x), device=x.device)[:, None, None]  # (B, 1, 1)
@@ -56,3 +59,9 @@ class Channel(nn.Module):
 def entropy(logp):
     """H(T|X) = -E_x sum_k p log p, in nats; log K for the uniform channel."""
     return -(logp.exp() * logp).sum(1).mean()
+
+
+def digit_coverage(logp, x):
+    """E_{T ~ P(T|X)} of the fraction of the canvas's ink inside the crop, mean over the batch."""
+    ink = F.avg_pool2d(x, CROP, STRIDE).flatten(1) * CROP**2  # (B, K) ink inside crop k
+    return (logp.exp() * ink / x.sum((1, 2, 3))[:, None]).sum(1).mean()

@@ -14,7 +14,6 @@ import urllib.request
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 DIGIT = 28  # MNIST digits are 28x28
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -71,7 +70,8 @@ def download(url, path, md5, timeout=10.0):
                 fh.write(chunk)
                 digest.update(chunk)
                 done += len(chunk)
-                print(f"\rdownloading {url} {done * 100 // max(total, 1)}%", end="", file=sys.stderr)
+                percent = done * 100 // max(total, 1)
+                print(f"\rdownloading {url} {percent}%", end="", file=sys.stderr)
         print(file=sys.stderr)
         if total and done != total:
             raise OSError(f"{url}: connection dropped after {done} of {total} bytes")
@@ -81,7 +81,7 @@ def download(url, path, md5, timeout=10.0):
 
 
 def _find_or_fetch(data_dir, stem, md5, mirrors, timeout):
-    """(path of stem, .gz or raw, in data_dir, downloading it if missing; None and why if impossible)."""
+    """(path of stem, .gz or raw, in data_dir, fetched if missing), or (None, why not)."""
     for name in (stem + ".gz", stem):
         if os.path.exists(os.path.join(data_dir, name)):
             return os.path.join(data_dir, name), None
@@ -96,39 +96,39 @@ def _find_or_fetch(data_dir, stem, md5, mirrors, timeout):
     return None, error
 
 
-def digits_fallback(split):
-    """scikit-learn's bundled 8x8 digits upsampled to 20x20 and centred in 28x28, like MNIST."""
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16  # (1797, 1, 8, 8)
-    x = F.pad(F.interpolate(x, size=20, mode="bilinear", align_corners=False), (4, 4, 4, 4))
-    test = torch.arange(len(x)) % 5 == 0  # a fixed 80/20 split
-    keep = test if split == "test" else ~test
-    images = (x[keep, 0] * 255).round().to(torch.uint8)  # (N, 28, 28)
-    return images, torch.tensor(digits.target)[keep]
-
-
 def load_mnist(data_dir, split, mirrors=MIRRORS, timeout=10.0):
-    """(images (N, 28, 28) uint8, labels (N,) int64, source) of MNIST's 'train' or 'test' split.
+    """(images (N, 28, 28) uint8, labels (N,) int64) of MNIST's 'train' or 'test' split.
 
-    Reads the IDX files in data_dir, downloads them where missing, and falls back to
-    scikit-learn's digits where no download is possible; source says which was used.
+    Reads the IDX files in data_dir and downloads them where missing; refuses, in one line,
+    where neither is possible.
     """
     paths = []
     for kind in ("images", "labels"):
         path, error = _find_or_fetch(data_dir, *FILES[split, kind], mirrors, timeout)
         if path is None:
-            images, labels = digits_fallback(split)
-            print(f"MNIST is not in {data_dir!r} and could not be downloaded ({error}): using scikit-learn's "
-                  f"8x8 digits upsampled to 28x28 ({len(images)} {split} images)", file=sys.stderr)
-            return images, labels, "sklearn-digits"
+            raise ValueError(f"{FILES[split, kind][0]} is not in {data_dir} and could not be "
+                             f"downloaded ({error}): put the four MNIST IDX files there")
         paths.append(path)
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or images.shape[1:] != (DIGIT, DIGIT):
         raise ValueError(f"{paths[0]}: expected (N, 28, 28) images, found {images.shape}")
     if labels.shape != images.shape[:1] or labels.max(initial=0) > 9:
         raise ValueError(f"{paths[1]}: expected {len(images)} labels 0..9, found {labels.shape}")
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), "mnist"
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def check_memory(canvas, batch_size, device, n_images=60000, crop=28, stride=4):
+    """Refuse a run whose train canvases, step activations (about 1,500 bytes per canvas pixel
+    of the batch: bench.py's peak memory) and (K, K) numerators exceed the device's memory."""
+    K = ((canvas - crop) // stride + 1) ** 2
+    need = n_images * canvas**2 + batch_size * (1500 * canvas**2 + 12 * K * K)
+    if device != "cpu" and torch.cuda.is_available():
+        have = torch.cuda.mem_get_info()[1]
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(f"with --batch-size {batch_size} a run needs about {need / 2**30:.1f} "
+                         f"GiB, this machine has {have / 2**30:.1f} GiB")
 
 
 def make_canvases(images, dataset, canvas, seed):
@@ -154,10 +154,10 @@ def make_canvases(images, dataset, canvas, seed):
 
 
 def load_canvases(data_dir, split, dataset, canvas, seed):
-    """One split as canvases: (x (N, 1, C, C) uint8, labels (N,), offsets (N, 2), source).
+    """One split as canvases: (x (N, 1, C, C) uint8, labels (N,), offsets (N, 2)).
 
     The test split's offsets are drawn from seed + 1, so they differ from train's.
     """
-    images, labels, source = load_mnist(data_dir, split)
+    images, labels = load_mnist(data_dir, split)
     x, offsets = make_canvases(images, dataset, canvas, seed + (split == "test"))
-    return x, labels, offsets, source
+    return x, labels, offsets

@@ -8,13 +8,13 @@ Shapes: B batch, C canvas side, G crops per side, K = G * G crops, d = dim of z.
 import torch.nn as nn
 import torch.nn.functional as F
 
-FEATURES = 256  # PAPER.md chose 128; 256 reads the probe of h 0.011 higher (README, "Choices")
+FEATURES = 256  # PAPER.md chose 128; 256 reads higher on the validation split (NOTES.md)
 
 
 class Encoder(nn.Module):
     def __init__(self, dim=50):
         super().__init__()
-        # 28 -conv5-> 24 -pool-> 12 -conv3-> 10 -pool-> 5 -conv5-> 1; a C canvas gives (C - 28) / 4 + 1
+        # 28 -conv5-> 24 -pool-> 12 -conv3-> 10 -pool-> 5 -conv5-> 1; a canvas: (C - 28) / 4 + 1
         self.h = nn.Sequential(
             nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
@@ -22,7 +22,7 @@ class Encoder(nn.Module):
         self.f = nn.Sequential(nn.Linear(FEATURES, FEATURES), nn.ReLU(), nn.Linear(FEATURES, dim))
 
     def forward(self, x):
-        """x (B, 1, C, C) in [0, 1] -> h (B, K, 256) and z = f(h) / |f(h)| (B, K, d), crops row-major."""
+        """x (B, 1, C, C) in [0, 1] -> h (B, K, 256), z = f(h) / |f(h)| (B, K, d), row-major."""
         h = self.h(x).flatten(2).transpose(1, 2)  # (B, K, 256)
         z = F.normalize(self.f(h), dim=-1)  # (B, K, d)
         return h, z

@@ -1,0 +1,65 @@
+"""The run folder: args.json, checkpoint.pt, metrics.json, and exact resume.
+
+A checkpoint holds everything the next step depends on (both networks, both Adam states,
+the batch generator, the step and the history), so a resumed run continues bit for bit.
+Every file is written to a temporary file and renamed: a kill leaves the previous one.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from channel import Channel
+from data import write_atomic
+from model import Encoder
+
+SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
+               "seed")  # a resumed run must agree with its checkpoint on these
+
+
+def save_json(path, obj):
+    write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2).encode()))
+
+
+def save_checkpoint(path, state, **extra):
+    """state: {name: object with state_dict()}; extra: plain values (step, history, ...)."""
+    ckpt = {**{name: obj.state_dict() for name, obj in state.items()}, **extra}
+    write_atomic(path, lambda fh: torch.save(ckpt, fh))
+
+
+def load_checkpoint(args, device):
+    """The checkpoint in --out, refused in one line if unreadable or of another configuration."""
+    path = os.path.join(args.out, "checkpoint.pt")
+    if not os.path.exists(path):
+        sys.exit(f"train.py: error: --resume: no checkpoint at {path}")
+    try:  # weights_only refuses pickled code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, or one that is not a plain checkpoint
+        sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
+    saved = {**ckpt["args"], "device": ckpt["device"]}
+    wanted = {**vars(args), "device": device.type}  # CPU and CUDA generators differ in state
+    for name in (*SAME_CONFIG, "device"):
+        if saved.get(name) != wanted[name]:
+            sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has "
+                     f"{name}={saved.get(name)!r}, not {wanted[name]!r}")
+    return ckpt
+
+
+def load_run(run_dir, device="cpu"):
+    """(args, encoder, channel, history) of a run folder written by train.py, weights frozen."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(path):
+        sys.exit(f"probe.py: error: {run_dir} holds no checkpoint.pt: is it a run of train.py?")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    args = argparse.Namespace(**ckpt["args"])  # the arguments the weights were trained with
+    encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
+    try:
+        encoder.load_state_dict(ckpt["encoder"])
+        channel.load_state_dict(ckpt["channel"])
+    except RuntimeError as e:  # e.g. a run of an encoder of another width
+        last = str(e).splitlines()[-1].strip()
+        sys.exit(f"probe.py: error: {run_dir}: the weights do not fit this model.py: {last}")
+    encoder, channel = encoder.eval().requires_grad_(False), channel.eval().requires_grad_(False)
+    return args, encoder, channel, ckpt["history"]

@@ -1,0 +1,79 @@
+"""The poster's figures and the collapse diagnostics of a trained run.
+
+similarity.png: cosine similarity of 200 codes sorted by class (collapsed for SimCLR, spread
+out for ours); channel.png: the learned P(T|X) over the crop centres; scatter.png: the codes
+of a 2-d head on the circle (uniformity); curves.png: the training curves.
+Shapes: n images, C canvas side, K crops, d embedding.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from channel import digit_coverage, entropy
+from objective import alignment, exact_mi, uniformity
+
+
+@torch.no_grad()
+def diagnostics(args, encoder, channel, x, batch=64):
+    """MI and H(T|X) of a batch, digit coverage, alignment, uniformity and the spread of codes."""
+    xb = x.float() / 255  # (n, 1, C, C)
+    logp, z = channel(xb), encoder(xb)[1]  # (n, K), (n, K, d)
+    g = torch.Generator(xb.device).manual_seed(args.seed)
+    k = torch.multinomial(logp.exp(), 2, replacement=True, generator=g)  # (n, 2) crops from P
+    z1, z2 = (z[torch.arange(len(z)), k[:, i]] for i in (0, 1))  # (n, d) each
+    code = F.normalize((logp.exp()[:, :, None] * z).sum(1), dim=-1)  # (n, d) z averaged under P
+    return {"mi": exact_mi(z[:batch], logp[:batch], args.beta).item(),
+            "entropy": entropy(logp).item(),
+            "digit_coverage": digit_coverage(logp, xb).item(),  # E_P of the digit's share in t
+            "alignment": alignment(z1, z2).item(), "uniformity": uniformity(z1).item(),
+            "feature_std": code.std(0).mean().item(), "feature_std_uniform": code.shape[1] ** -0.5}
+
+
+@torch.no_grad()
+def draw(run_dir, args, encoder, channel, x, y, history, accuracy):
+    """Write the figures of canvases x (n, 1, C, C) uint8 with labels y into run_dir."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xb = x.float() / 255  # (n, 1, C, C)
+    p, z = channel(xb).exp(), encoder(xb)[1]  # (n, K), (n, K, d)
+    code = F.normalize((p[:, :, None] * z).sum(1), dim=-1).cpu().numpy()  # (n, d)
+    H = torch.special.entr(p).sum(1).cpu().numpy()  # (n,) H(T|x) per canvas
+    p, images, y = p.cpu().numpy(), xb[:, 0].cpu().numpy(), np.asarray(y)[:len(xb)]
+    order = y[:200].argsort()
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    im = ax.imshow(code[order] @ code[order].T, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set(title=f"{args.method}: cosine similarity of 200 test codes\n(sorted by class)",
+           xticks=[], yticks=[])
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    save(fig, run_dir, "similarity.png")
+    G, C = int(len(p[0]) ** 0.5), args.canvas
+    fig, axes = plt.subplots(1, 6, figsize=(13, 2.6))
+    for i, ax in enumerate(axes):  # crop centres run from 14 to C - 14 px
+        ax.imshow(images[i], cmap="gray", extent=(0, C, C, 0))
+        ax.imshow(p[i].reshape(G, G), cmap="magma", alpha=0.55, extent=(12, C - 12, C - 12, 12))
+        ax.set(title=f"digit {y[i]}, H={H[i]:.1f} nats", xticks=[], yticks=[], xlim=(0, C),
+               ylim=(C, 0))
+    fig.suptitle(f"{args.method}: P(T|X) over crop centres")
+    save(fig, run_dir, "channel.png")
+    if code.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(code[:, 0], code[:, 1], c=y, cmap="tab10", s=4)
+        ax.set(title=f"{args.method}: 2-d codes of {len(code)} test images", aspect="equal",
+               xlim=(-1.1, 1.1), ylim=(-1.1, 1.1))
+        save(fig, run_dir, "scatter.png")
+    keys = [k for k in history[0] if k != "step"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3))
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        ax.plot([h["step"] for h in history], [h[key] for h in history])
+        ax.set(xlabel="step", title=key)
+    fig.suptitle(f"{args.method}: probe (grid) f {accuracy['f']['accuracy']:.3f}, "
+                 f"h {accuracy['h']['accuracy']:.3f}", y=1.05)
+    save(fig, run_dir, "curves.png")
+    plt.close("all")
+
+
+def save(fig, run_dir, name):
+    fig.savefig(os.path.join(run_dir, name), dpi=100, bbox_inches="tight")
