@@ -1,0 +1,141 @@
+"""Fixtures of the tests: float64 loops of the estimators, tiny MNIST files, a local mirror.
+
+Each is independent of the code it checks: the loops follow PAPER.md's formulas term by
+term, the IDX writer follows the format, not data.read_idx.
+"""
+import gzip
+import http.server
+import math
+import os
+import struct
+import threading
+
+import numpy as np
+import torch
+
+import checkpoint
+import data
+import figures
+import train
+
+BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
+    (["--canvas", "20"], "smaller than the 28x28 crop"), (["--canvas", "58"], "crop grid"),
+    (["--beta", "0"], "--beta must be positive"), (["--beta", "nan"], "--beta must be finite"),
+    (["--lr", "inf"], "--lr must be finite"), (["--steps", "0"], "--steps must be positive"),
+    (["--canvas", "1000000"], "needs about"), (["--batch-size", "100000000"], "needs about"),
+    (["--method", "byol"], "invalid choice: 'byol'"), (["--resume"], "no checkpoint"),
+    (["--data-dir", "CORRUPT"], "gz: truncated")]
+
+
+def random_inputs(B=3, K=4, d=5, seed=0, peak=1.0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, K, d, generator=g, dtype=torch.float64)
+    logp = peak * torch.randn(B, K, generator=g, dtype=torch.float64)
+    return torch.nn.functional.normalize(z, dim=-1), logp.log_softmax(1)
+
+
+def mi_loop(z, logp, beta, jensen=False):
+    """Equation (2) on the grid, one (i, k) at a time in numpy float64."""
+    (B, K, _), z, p, total = z.shape, z.numpy(), logp.exp().numpy(), 0.0
+    for i, k in np.ndindex(B, K):
+        s = beta * z @ z[i, k]  # (B, K) s[i,k,j,l]
+        num = p[i] @ s[i] if jensen else math.log(p[i] @ np.exp(s[i]))
+        total += p[i, k] * (num - math.log((p * np.exp(s)).sum() / B))
+    return total / B
+
+
+def two_view_loops(z1, z2, beta):
+    """(NT-Xent, alignment, uniformity) of two views z1, z2 (B, d), pair by pair in numpy."""
+    B, v = len(z1), np.concatenate([z1, z2])  # (2B, d)
+    dot, dist2 = v @ v.T, ((v[:, None] - v[None]) ** 2).sum(-1)  # (2B, 2B)
+    loss = np.mean([math.log(sum(math.exp(beta * dot[a, b]) for b in range(2 * B) if b != a))
+                    - beta * dot[a, (a + B) % (2 * B)] for a in range(2 * B)])
+    pairs = [math.exp(-2 * dist2[a, b]) for a in range(2 * B) for b in range(2 * B) if a != b]
+    return loss, np.diag(dist2, B).mean(), math.log(np.mean(pairs))
+
+
+def topn_loop(p, n):
+    """Weight 1/n on the n largest entries of each row of p, by sorting."""
+    weights = np.zeros_like(p)
+    for i, row in enumerate(p):
+        weights[i, np.argsort(-row)[:n]] = 1 / n
+    return weights
+
+
+def write_idx(path, array):
+    """An IDX writer independent of data.read_idx: magic, big-endian dimensions, bytes."""
+    raw = struct.pack(">4B", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as fh:
+        fh.write(raw + array.astype(np.uint8).tobytes())
+
+
+def fake_mnist(folder, n_train=96, n_test=48):
+    """Tiny IDX files: a 12x12 patch of noise at the centre, crossed by a bar whose row is the
+    class; the rest of the 28x28 digit is blank, so most crops of a canvas miss it."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels, images = rng.integers(0, 10, n), np.zeros((n, 28, 28), np.uint8)
+        images[:, 8:20, 8:20] = rng.integers(0, 128, (n, 12, 12))
+        images[np.arange(n), 9 + labels, 8:20] = 255
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels)
+    return str(folder)
+
+
+def run(tmp_path, out, *extra, method="ours"):
+    """A tiny training run on fake MNIST, on the CPU."""
+    return train.main(["--method", method, "--data-dir", fake_mnist(tmp_path / "mnist"),
+                       "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / out),
+                       *extra])
+
+
+def run_state(tmp_path, out):
+    """MI, H(T|X) and digit coverage of a finished run, on its first 64 train canvases."""
+    args, encoder, channel, _ = checkpoint.load_run(str(tmp_path / out))
+    x = data.load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)[0]
+    return figures.diagnostics(args, encoder, channel, x[:64])
+
+
+def call_at(monkeypatch, at, before=None, after=None):
+    """Call before/after(encoder) around the training step number `at` (counting from 1)."""
+    step, calls = train.alternating_step, []
+
+    def patched(args, encoder, *rest):
+        calls.append(1)
+        if len(calls) == at and before:
+            before(encoder)
+        shown = step(args, encoder, *rest)
+        if len(calls) == at and after:
+            after(encoder)
+        return shown
+    monkeypatch.setattr(train, "alternating_step", patched)
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    body = os.urandom(5000)
+
+    def do_GET(self):  # /drop: the connection dies after 1,000 of the 5,000 bytes
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[:1000] if self.path == "/drop" else self.body)
+
+
+def corrupt_mnist(folder):
+    """fake_mnist whose train images are cut short after the header."""
+    fake_mnist(folder)
+    with gzip.open(os.path.join(folder, "train-images-idx3-ubyte.gz"), "wb") as fh:
+        fh.write(b"\0\0\x08\x03" + bytes(20))
+    return str(folder)
+
+
+def load(tmp_path, out):
+    return torch.load(tmp_path / out / "checkpoint.pt", weights_only=True)
+
+
+def serve(handler):
+    """(server, its URL) of handler on a free port of this machine, serving in a thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
