@@ -138,10 +138,9 @@ def main(argv=None):
         splits = {"train": (x[:n_fit], y[:n_fit], offsets[:n_fit]),
                   "test": (x[n_fit:], y[n_fit:], offsets[n_fit:])}
     else:
-        x_t, y_t, o_t = load_canvases(args.data_dir, "test", args.dataset, args.canvas,
-                                         args.seed)
-        splits = {"train": (x, y, offsets), "test": (x_t[:a.n_test], y_t[:a.n_test].numpy(),
-                                                     o_t[:a.n_test])}
+        x_t, y_t, o_t = load_canvases(args.data_dir, "test", args.dataset, args.canvas, args.seed)
+        n = a.n_test
+        splits = {"train": (x, y, offsets), "test": (x_t[:n], y_t[:n].numpy(), o_t[:n])}
     feats = {name: features(encoder, channel, xs, o, modes, a.topn)
              for name, (xs, _, o) in splits.items()}
     train_y, test_y, probe = splits["train"][1], splits["test"][1], {}
@@ -150,11 +149,15 @@ def main(argv=None):
                                        test_y, args.seed) for k in ("f", "h")}
     standardized = {k: linear_probe(feats["train"]["grid"][k], train_y, feats["test"]["grid"][k],
                                     test_y, args.seed, standardize=True) for k in ("f", "h")}
-    scored = "the last 10,000 train (validation)" if a.val else "test"
-    print(f"linear probe of {a.run_dir} ({args.method}, {len(train_y)} train images, scored on "
-          f"{len(test_y)} {scored} images):\n{table(probe)}")
+    scored = "validation images (the end of train)" if a.val else "test images"
+    print(f"linear probe of {a.run_dir} ({args.method}, fitted on {len(train_y)} train images, "
+          f"scored on {len(test_y)} {scored}):\n{table(probe)}")
     print(f"standardized grid features: f {standardized['f']['accuracy']:.4f}, "
           f"h {standardized['h']['accuracy']:.4f}")
+    stalled = [f"{m} {k}" for m in probe for k in "fh" if not probe[m][k]["converged"]]
+    if stalled:
+        print(f"probe.py: warning: the fits of {', '.join(stalled)} stopped unconverged at "
+              f"{MAX_ITER} iterations")
     path = os.path.join(a.run_dir, "metrics.json")
     with open(path) if os.path.exists(path) else io.StringIO("{}") as fh:
         metrics = json.load(fh)
