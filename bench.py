@@ -5,10 +5,11 @@
 Prints (1) images/s of `train.py --steps 60 --no-probe` runs of ours and simclr at the same
 batch size, alternated over rounds so both see the same machine, with the median ratio;
 (2) the FLOPs of one training step of each, forward and backward, counted by PyTorch's
-FlopCounterMode (its hooks on every matrix multiply and convolution), layer by layer, and the
-step's measured rate as a fraction of (3) this machine's float32 matrix-multiply peak, timed
-in the same run; (4) crops/s of the one-pass encoder against encoding every crop on its own;
-(5) the peak resident memory of a process doing Regional MNIST steps at --memory-batch.
+FlopCounterMode (its hooks on every matrix multiply and convolution), and the step's measured
+rate as a fraction of (3) this machine's float32 matrix-multiply peak, timed in the same run,
+with the encoder's forward FLOPs layer by layer; (4) crops/s of the one-pass encoder against
+encoding every crop on its own; (5) the peak resident memory of a process doing Regional
+MNIST steps at --memory-batch.
 """
 import argparse
 import os

@@ -16,14 +16,21 @@ from objective import alignment, exact_mi, uniformity
 
 
 @torch.no_grad()
-def diagnostics(args, encoder, channel, x, batch=64):
-    """MI and H(T|X) of a batch, digit coverage, alignment, uniformity and the spread of codes."""
+def codes(encoder, channel, x):
+    """Canvases x (n, 1, C, C) uint8 -> (x in [0, 1], logp (n, K), z (n, K, d), the code: z
+    averaged under P(T|X) and normalized (n, d))."""
     xb = x.float() / 255  # (n, 1, C, C)
     logp, z = channel(xb), encoder(xb)[1]  # (n, K), (n, K, d)
+    return xb, logp, z, F.normalize((logp.exp()[:, :, None] * z).sum(1), dim=-1)
+
+
+@torch.no_grad()
+def diagnostics(args, encoder, channel, x, batch=64):
+    """MI and H(T|X) of a batch, digit coverage, alignment, uniformity and the spread of codes."""
+    xb, logp, z, code = codes(encoder, channel, x)
     g = torch.Generator(xb.device).manual_seed(args.seed)
     k = torch.multinomial(logp.exp(), 2, replacement=True, generator=g)  # (n, 2) crops from P
     z1, z2 = (z[torch.arange(len(z)), k[:, i]] for i in (0, 1))  # (n, d) each
-    code = F.normalize((logp.exp()[:, :, None] * z).sum(1), dim=-1)  # (n, d) z averaged under P
     return {"mi": exact_mi(z[:batch], logp[:batch], args.beta).item(),
             "entropy": entropy(logp).item(),
             "digit_coverage": digit_coverage(logp, xb).item(),  # E_P of the digit's share in t
@@ -37,9 +44,8 @@ def draw(run_dir, args, encoder, channel, x, y, history, accuracy):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    xb = x.float() / 255  # (n, 1, C, C)
-    p, z = channel(xb).exp(), encoder(xb)[1]  # (n, K), (n, K, d)
-    code = F.normalize((p[:, :, None] * z).sum(1), dim=-1).cpu().numpy()  # (n, d)
+    xb, logp, _, code = codes(encoder, channel, x)
+    p, code = logp.exp(), code.cpu().numpy()  # (n, K), (n, d)
     H = torch.special.entr(p).sum(1).cpu().numpy()  # (n,) H(T|x) per canvas
     p, images, y = p.cpu().numpy(), xb[:, 0].cpu().numpy(), np.asarray(y)[:len(xb)]
     order = y[:200].argsort()
