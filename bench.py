@@ -39,7 +39,11 @@ for _ in range(2):
         train.alternating_step(args, encoder, channel, *opts, x)
     else:
         train.simclr_step(args, encoder, opts[0], x, grid, g)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB -> GiB
+try:  # VmHWM: this process's own peak; ru_maxrss also counts bench.py's, kept across the fork
+    print(next(int(line.split()[1]) for line in open("/proc/self/status")
+               if line.startswith("VmHWM")) / 2**20)  # KiB -> GiB
+except OSError:  # no /proc (not Linux)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
 
 
