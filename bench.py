@@ -27,24 +27,28 @@ from channel import Channel, crops_at, grid_offsets
 from model import Encoder
 
 MEMORY_STEP = """
-import resource, sys, torch, train
-from channel import Channel, grid_offsets
-from model import Encoder
-args = train.parse_args(["--method", sys.argv[2], "--batch-size", sys.argv[1]])
-x, grid, g = torch.rand(args.batch_size, 1, 56, 56), grid_offsets(56), torch.Generator()
-encoder, channel = Encoder(), Channel()
-opts = [torch.optim.Adam(net.parameters()) for net in (encoder, channel)]
-for _ in range(2):
-    if args.method == "ours":
-        train.alternating_step(args, encoder, channel, *opts, x)
-    else:
-        train.simclr_step(args, encoder, opts[0], x, grid, g)
+import resource, sys, bench
+bench.training_steps(sys.argv[2], int(sys.argv[1]), repeats=2)
 try:  # VmHWM: this process's own peak; ru_maxrss also counts bench.py's, kept across the fork
     print(next(int(line.split()[1]) for line in open("/proc/self/status")
                if line.startswith("VmHWM")) / 2**20)  # KiB -> GiB
 except OSError:  # no /proc (not Linux)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
+
+
+def training_steps(method, batch, canvas=56, repeats=1):
+    """Training steps of method on one batch of random canvases, fresh networks (CPU)."""
+    args = train.parse_args(["--method", method, "--batch-size", str(batch)])
+    torch.manual_seed(0)
+    encoder, channel = Encoder(), Channel()
+    opts = [torch.optim.Adam(net.parameters()) for net in (encoder, channel)]
+    x, grid, g = torch.rand(batch, 1, canvas, canvas), grid_offsets(canvas), torch.Generator()
+    for _ in range(repeats):
+        if method == "ours":
+            train.alternating_step(args, encoder, channel, *opts, x)
+        else:
+            train.simclr_step(args, encoder, opts[0], x, grid, g)
 
 
 def synchronize(device):
@@ -71,18 +75,10 @@ def matmul_peak(device, n=2048):
     return 2 * n**3 / timed(lambda: a @ b, repeats=10, device=device)
 
 
-def step_flops(method, batch, canvas=56):
+def step_flops(method, batch):
     """FLOPs per image of one training step of method at batch size B, forward and backward."""
-    args = train.parse_args(["--method", method, "--batch-size", str(batch)])
-    torch.manual_seed(0)
-    encoder, channel = Encoder(), Channel()
-    opts = [torch.optim.Adam(net.parameters()) for net in (encoder, channel)]
-    x, grid, g = torch.rand(batch, 1, canvas, canvas), grid_offsets(canvas), torch.Generator()
     with FlopCounterMode(display=False) as counter:
-        if method == "ours":
-            train.alternating_step(args, encoder, channel, *opts, x)
-        else:
-            train.simclr_step(args, encoder, opts[0], x, grid, g)
+        training_steps(method, batch)
     return counter.get_total_flops() / batch
 
 
