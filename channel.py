@@ -46,8 +46,9 @@ class Channel(nn.Module):
         super().__init__()
         # 28 -pool-> 14 -conv5-> 10 -pool-> 5 -conv5-> 1: one logit per crop, seeing that crop only
         self.net = nn.Sequential(
-            nn.AvgPool2d(2), nn.Conv2d(1, width, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AvgPool2d(2), nn.Conv2d(1, width, 5), nn.MaxPool2d(2), nn.ReLU(),
             nn.Conv2d(width, 1, 5))
+        self.to(memory_format=torch.channels_last)  # as the encoder (model.py)
         nn.init.zeros_(self.net[-1].weight)  # all logits equal: training starts at SimCLR
         nn.init.zeros_(self.net[-1].bias)
 
