@@ -6,8 +6,10 @@ Prints (1) images/s of `train.py --steps 60 --no-probe` runs of ours and simclr 
 batch size, alternated over rounds so both see the same machine, with the median ratio;
 (2) the FLOPs of one training step of each, forward and backward, counted by PyTorch's
 FlopCounterMode (its hooks on every matrix multiply and convolution), and the step's measured
-rate as a fraction of (3) this machine's float32 matrix-multiply peak, timed in the same run,
-with the encoder's forward FLOPs layer by layer; (4) crops/s of the one-pass encoder against
+rate as a fraction of (3) this machine's float32 and bf16 matrix-multiply peaks, timed in the
+same run: the time the step would take with the objective at the float32 peak and the networks
+at the peak of their precision (bf16 where the machine has it), over the time it takes; with
+the encoder's forward FLOPs layer by layer; (4) crops/s of the one-pass encoder against
 encoding every crop on its own; (5) the peak resident memory of a process doing Regional
 MNIST steps at --memory-batch.
 """
@@ -20,11 +22,13 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from channel import Channel, crops_at, grid_offsets
-from model import Encoder
+from model import Encoder, resolve_precision
+from objective import exact_mi
 
 MEMORY_STEP = """
 import resource, sys, bench
@@ -40,6 +44,7 @@ except OSError:  # no /proc (not Linux)
 def training_steps(method, batch, canvas=56, repeats=1):
     """Training steps of method on one batch of random canvases, fresh networks (CPU)."""
     args = train.parse_args(["--method", method, "--batch-size", str(batch)])
+    args.precision = resolve_precision(args.precision, torch.device("cpu"))  # as train.main
     torch.manual_seed(0)
     encoder, channel = Encoder(), Channel()
     opts = [torch.optim.Adam(net.parameters()) for net in (encoder, channel)]
@@ -68,18 +73,26 @@ def timed(f, repeats=5, device="cpu"):
     return statistics.median(times)
 
 
-def matmul_peak(device, n=2048):
-    """FLOP/s of an n x n float32 matrix multiply, the machine's practical peak."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(device, dtype=torch.float32, n=2048):
+    """FLOP/s of an n x n matrix multiply in dtype, the machine's practical peak."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm up
     return 2 * n**3 / timed(lambda: a @ b, repeats=10, device=device)
 
 
-def step_flops(method, batch):
-    """FLOPs per image of one training step of method at batch size B, forward and backward."""
-    with FlopCounterMode(display=False) as counter:
+def step_flops(method, batch, canvas=56):
+    """FLOPs per image of one training step at batch size B, forward and backward: (the whole
+    step, its objective's part), the objective being ours' exact MI, float32 at any precision."""
+    with FlopCounterMode(display=False) as step:
         training_steps(method, batch)
-    return counter.get_total_flops() / batch
+    if method != "ours":
+        return step.get_total_flops() / batch, 0.0  # NT-Xent: a (2B, 2B) matrix, negligible
+    z = F.normalize(torch.randn(batch, len(grid_offsets(canvas)), 50), dim=-1).requires_grad_()
+    logp = torch.randn(z.shape[:2]).log_softmax(1).requires_grad_()  # (B, K)
+    with FlopCounterMode(display=False) as objective:  # (a) then (b) of the alternating step
+        exact_mi(z, logp.detach(), 5.0).backward()
+        exact_mi(z.detach(), logp, 5.0).backward()
+    return step.get_total_flops() / batch, objective.get_total_flops() / batch
 
 
 @torch.no_grad()
@@ -126,15 +139,21 @@ def main(argv=None):
             for method in rates:
                 out = os.path.join(tmp, method)
                 rates[method].append(images_per_second(method, a.batch_size, a.steps, out))
-    peak = matmul_peak(device)
-    print(f"float32 matrix-multiply peak: {peak / 1e9:.1f} GFLOP/s (2048 x 2048, median of 10)")
+    peaks = {dtype: matmul_peak(device, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
+    precision = resolve_precision("auto", torch.device(device))  # of the networks, as train.py
+    print("matrix-multiply peak (2048 x 2048, median of 10): " + ", ".join(
+        f"{dtype} {peak / 1e9:.1f} GFLOP/s" for dtype, peak in peaks.items()) +
+        f"; the networks run in {precision}, the objective in float32")
     for method, values in rates.items():
         rate = statistics.median(values)
-        flops = step_flops(method, a.batch_size)
+        flops, objective = step_flops(method, a.batch_size)
+        ideal = (objective / peaks["float32"]  # seconds per image at the peaks
+                 + (flops - objective) / peaks["bfloat16" if precision == "bf16" else "float32"])
         print(f"{method:>6}: {rate:7.0f} images/s (median of {len(values)} runs of {a.steps} "
               f"steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
-        print(f"        {flops / 1e6:.1f} MFLOP per image per step, forward and backward; "
-              f"{rate * flops / 1e9:.1f} GFLOP/s = {rate * flops / peak:.0%} of the peak")
+        print(f"        {flops / 1e6:.1f} MFLOP per image per step, forward and backward "
+              f"({objective / 1e6:.1f} in the objective); {rate * flops / 1e9:.1f} GFLOP/s = "
+              f"{rate * ideal:.0%} of the peaks")
     ratios = [s / o for s, o in zip(rates["simclr"], rates["ours"])]
     print(f"step cost of ours / simclr: {statistics.median(ratios):.2f}x (median of per-round "
           "ratios)")

@@ -16,7 +16,7 @@ from data import write_atomic
 from model import Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
-               "seed")  # a resumed run must agree with its checkpoint on these
+               "seed", "precision")  # a resumed run must agree with its checkpoint on these
 
 
 def save_json(path, obj):
@@ -27,6 +27,13 @@ def save_checkpoint(path, state, **extra):
     """state: {name: object with state_dict()}; extra: plain values (step, history, ...)."""
     ckpt = {**{name: obj.state_dict() for name, obj in state.items()}, **extra}
     write_atomic(path, lambda fh: torch.save(ckpt, fh))
+
+
+def stop_if_not_finite(step, values, out, what):
+    """Exit in one line if a value is NaN or infinite, before it reaches a checkpoint."""
+    if not all(torch.isfinite(v).all() for v in values):
+        sys.exit(f"\ntrain.py: error: step {step}: the {what} not finite; "
+                 f"the last good checkpoint stays in {out}")
 
 
 def load_checkpoint(args, device):

@@ -28,5 +28,22 @@ class Encoder(nn.Module):
     def forward(self, x):
         """x (B, 1, C, C) in [0, 1] -> h (B, K, 256), z = f(h) / |f(h)| (B, K, d), row-major."""
         h = self.h(x).flatten(2).transpose(1, 2)  # (B, K, 256)
-        z = F.normalize(self.f(h), dim=-1)  # (B, K, d)
+        z = F.normalize(self.f(h).float(), dim=-1)  # (B, K, d) unit in float32 under bf16
         return h, z
+
+
+def resolve_precision(precision, device):
+    """"auto" -> "bf16" where the device has bf16 arithmetic units, else "float32" (bf16 without
+    them runs no faster than float32); "float32" and "bf16" are kept."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "float32"
+    # torch.cpu's private checks are the only ones there are of the CPU's bf16 units
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "float32"
+
+
+def autocast(device, precision):
+    """The networks' passes in bfloat16 ("bf16") or not ("float32"); z, log P come out float32."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")

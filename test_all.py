@@ -17,8 +17,7 @@ import train
 from channel import Channel, crops_at, grid_offsets
 from fixtures import (BAD_INPUTS, Mirror, call_at, corrupt_mnist, fake_mnist, load, mi_loop,
                       random_inputs, run, run_state, serve, topn_loop, two_view_loops, write_idx)
-from objective import alignment, den_reference, exact_mi, nt_xent, simclr_bound
-from objective import uniformity
+from objective import alignment, den_reference, exact_mi, nt_xent, simclr_bound, uniformity
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -29,7 +28,7 @@ def test_estimators_match_loops_and_bound_below_mi_below_log_batch(seed, monkeyp
     assert mi == pytest.approx(mi_loop(z, logp, beta), rel=1e-10)
     assert bound == pytest.approx(mi_loop(z, logp, beta, jensen=True), rel=1e-10)
     assert bound <= mi + 1e-12 and mi <= math.log(len(z)) + 1e-12  # Jensen; InfoNCE's ceiling
-    torch.testing.assert_close(objective._den(z, logp, beta), den_reference(z, logp, beta))
+    torch.testing.assert_close(objective._den(z, logp, beta)[1], den_reference(z, logp, beta))
     monkeypatch.setitem(objective.CHUNK_ELEMENTS, "cpu", 50)  # stream 2 to 4 rows at a time
     assert exact_mi(z, logp, beta).item() == pytest.approx(mi, rel=1e-12)
     z, logp = z.requires_grad_(), logp.requires_grad_()
@@ -60,6 +59,9 @@ def test_one_pass_encoder_and_channel_equal_per_crop(canvas):
         h_k, z_k = encoder(crop)
         torch.testing.assert_close((h[:, k], z[:, k]), (h_k[:, 0], z_k[:, 0]), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logits[:, k], channel.net(crop).flatten(), atol=1e-5, rtol=1e-5)
+    with model.autocast(x.device, "bf16"):  # networks in bf16: z and log P stay float32, exact
+        z, p = encoder(x)[1], channel(x).exp()  # (2, K, 50), (2, K)
+    torch.testing.assert_close((z.norm(dim=-1), p.sum(1)), (torch.ones(2, K), torch.ones(2)))
 
 
 def test_topn_weights_and_c_selection_never_reads_the_scored_split():
@@ -76,8 +78,7 @@ def test_topn_weights_and_c_selection_never_reads_the_scored_split():
 def test_regional_canvases_are_deterministic_and_hold_the_digit():
     images = torch.randint(1, 256, (50, 28, 28), dtype=torch.uint8)
     x, offsets = data.make_canvases(images, "regional", 56, seed=7)
-    again = data.make_canvases(images, "regional", 56, 7)
-    assert torch.equal(x, again[0]) and torch.equal(offsets, again[1])
+    assert all(map(torch.equal, (x, offsets), data.make_canvases(images, "regional", 56, 7)))
     assert not torch.equal(offsets, data.make_canvases(images, "regional", 56, seed=8)[1])
     assert offsets.min() >= 0 and offsets.max() <= 28 and len(offsets.unique()) > 10
     assert torch.equal(crops_at(x, offsets)[:, 0], images)  # the oracle crop is the digit
@@ -102,10 +103,11 @@ def test_idx_round_trip_corrupt_and_missing_files(tmp_path):
         data.load_mnist(str(tmp_path / "empty"), "train", mirrors=())
 
 
-def test_training_raises_mi_and_lambda_keeps_entropy(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_training_raises_mi_and_lambda_keeps_entropy(tmp_path, precision):
     """Fails if the MI's sign flips, if the encoder or the channel gets no MI gradient, or if
     lambda H(T|X) is ignored (each checked by hand on a mutated train.py)."""
-    common = ["--batch-size", "16", "--lr", "3e-3", "--no-probe"]
+    common = ["--batch-size", "16", "--lr", "3e-3", "--no-probe", "--precision", precision]
     run(tmp_path, "start", *common, "--steps", "1")
     for out, weight in (("trained", "0.5"), ("sharp", "0"), ("flat", "5")):
         run(tmp_path, out, *common, "--steps", "60", "--entropy-weight", weight)
@@ -170,10 +172,9 @@ def test_non_finite_values_stop_the_run_and_keep_the_checkpoint(tmp_path, monkey
 
 @pytest.mark.parametrize("extra, message", BAD_INPUTS)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, message):
-    good, corrupt = fake_mnist(tmp_path / "mnist"), corrupt_mnist(tmp_path / "corrupt")
-    extra = [corrupt if a == "CORRUPT" else a for a in extra]
+    extra = [corrupt_mnist(tmp_path / "corrupt") if a == "CORRUPT" else a for a in extra]
     with pytest.raises(SystemExit) as error:
-        train.main(["--out", str(tmp_path / "run"), "--data-dir", good, *extra])
+        train.main(["--out", str(tmp_path / "run"), "--data-dir", fake_mnist(tmp_path), *extra])
     assert message in str(error.value.code) and "\n" not in str(error.value.code).strip()
     assert not (tmp_path / "run").exists()
 
@@ -194,6 +195,5 @@ def test_download_checks_md5_and_leaves_no_partial_file(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_smoke(tmp_path):
-    train.main(["--data-dir", fake_mnist(tmp_path / "mnist"), "--batch-size", "8", "--steps",
-                "3", "--device", "cuda", "--out", str(tmp_path / "run")])
+    run(tmp_path, "run", "--steps", "3", "--device", "cuda")  # the last --device counts
     assert json.load(open(tmp_path / "run" / "metrics.json"))["device"].startswith("cuda")

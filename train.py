@@ -20,9 +20,9 @@ import torch
 
 import probe
 from channel import Channel, check_canvas, crops_at, entropy, grid_offsets
-from checkpoint import load_checkpoint, save_checkpoint, save_json
+from checkpoint import load_checkpoint, save_checkpoint, save_json, stop_if_not_finite
 from data import check_memory, load_canvases
-from model import Encoder
+from model import Encoder, autocast, resolve_precision
 from objective import exact_mi, nt_xent
 
 
@@ -46,6 +46,8 @@ def parse_args(argv):
     add("--dim", type=int, default=50, help="d, dimension of the representation z = f(h)")
     add("--seed", type=int, default=0, help="seeds the canvases, the weights and the batches")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA if any")
+    add("--precision", choices=["auto", "float32", "bf16"], default="auto",
+        help="of the networks (the objective is float32); auto: bf16 where the device has it")
     add("--out", help="run folder (default runs/METHOD-DATASET-sSEED)")
     add("--minutes", type=float, help="wall-clock budget of the training loop")
     add("--save-every", type=int, default=100, help="steps between checkpoints")
@@ -83,12 +85,14 @@ def check_args(p, args):
 
 def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb):
     """Algorithm 1: (a) encoder step with P(T|X) fixed, (b) channel step with the new encoder."""
-    logp = channel(xb)  # (B, K); eta does not move in (a), so (b) reuses this forward pass
-    mi = exact_mi(encoder(xb)[1], logp.detach(), args.beta)
+    with autocast(xb.device, args.precision):
+        logp = channel(xb)  # (B, K); eta does not move in (a), so (b) reuses this forward pass
+        z = encoder(xb)[1]  # (B, K, d)
+    mi = exact_mi(z, logp.detach(), args.beta)
     opt_theta.zero_grad(set_to_none=True)
     (-mi).backward()
     opt_theta.step()  # (a)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(xb.device, args.precision):
         z = encoder(xb)[1]  # (B, K, d) codes of the updated encoder, no gradient into them
     H = entropy(logp)
     opt_eta.zero_grad(set_to_none=True)
@@ -100,19 +104,14 @@ def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb):
 def simclr_step(args, encoder, opt_theta, xb, grid, g):
     """NT-Xent on two crops drawn uniformly from the grid for each canvas."""
     views = grid[torch.randint(len(grid), (2, len(xb)), generator=g, device=g.device)]  # (2, B, 2)
-    z1 = encoder(crops_at(xb, views[0]))[1][:, 0]  # (B, d)
-    z2 = encoder(crops_at(xb, views[1]))[1][:, 0]  # (B, d)
+    with autocast(xb.device, args.precision):
+        z1 = encoder(crops_at(xb, views[0]))[1][:, 0]  # (B, d)
+        z2 = encoder(crops_at(xb, views[1]))[1][:, 0]  # (B, d)
     loss = nt_xent(z1, z2, args.beta)
     opt_theta.zero_grad(set_to_none=True)
     loss.backward()
     opt_theta.step()
     return {"loss": loss.detach()}
-
-
-def stop_if_not_finite(step, values, out, what):
-    if not all(torch.isfinite(v).all() for v in values):
-        sys.exit(f"\ntrain.py: error: step {step}: the {what} not finite; "
-                 f"the last good checkpoint stays in {out}")
 
 
 def setup(args, device):
@@ -136,7 +135,7 @@ def setup(args, device):
     save_json(os.path.join(args.out, "args.json"), vars(args))
     objective = "exact MI + lambda H(T|X)" if args.method == "ours" else "-NT-Xent"
     print(f"{args.method} on {args.dataset} ({len(x)} canvases of side {args.canvas}) "
-          f"on {device}: maximize {objective}", file=sys.stderr)
+          f"on {device}, {args.precision} networks: maximize {objective}", file=sys.stderr)
     x, grid = x.to(device), grid_offsets(args.canvas).to(device)  # (N, 1, C, C) uint8, (K, 2)
     return x, grid, state, g, ckpt["step"] if ckpt else 0, ckpt["history"] if ckpt else []
 
@@ -144,6 +143,7 @@ def setup(args, device):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    args.precision = resolve_precision(args.precision, device)  # before the resume check
     x, grid, state, g, start, history = setup(args, device)
     encoder, channel, opt_theta, opt_eta = state.values()
     state_weights = [*encoder.parameters(), *channel.parameters()]
