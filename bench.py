@@ -142,8 +142,8 @@ def main(argv=None):
     peaks = {dtype: matmul_peak(device, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
     precision = resolve_precision("auto", torch.device(device))  # of the networks, as train.py
     print("matrix-multiply peak (2048 x 2048, median of 10): " + ", ".join(
-        f"{dtype} {peak / 1e9:.1f} GFLOP/s" for dtype, peak in peaks.items()) +
-        f"; the networks run in {precision}, the objective in float32")
+        f"{dtype} {peak / 1e9:.1f} GFLOP/s" for dtype, peak in peaks.items()))
+    print(f"the networks run in {precision}, the objective in float32")
     for method, values in rates.items():
         rate = statistics.median(values)
         flops, objective = step_flops(method, a.batch_size)
@@ -151,9 +151,10 @@ def main(argv=None):
                  + (flops - objective) / peaks["bfloat16" if precision == "bf16" else "float32"])
         print(f"{method:>6}: {rate:7.0f} images/s (median of {len(values)} runs of {a.steps} "
               f"steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
-        print(f"        {flops / 1e6:.1f} MFLOP per image per step, forward and backward "
-              f"({objective / 1e6:.1f} in the objective); {rate * flops / 1e9:.1f} GFLOP/s = "
-              f"{rate * ideal:.0%} of the peaks")
+        print(f"        {flops / 1e6:.1f} MFLOP per image per step, forward and backward, "
+              f"{objective / 1e6:.1f} in the objective")
+        print(f"        {rate * flops / 1e9:.1f} GFLOP/s; at the peaks the step would take "
+              f"{rate * ideal:.0%} of its time")
     ratios = [s / o for s, o in zip(rates["simclr"], rates["ours"])]
     print(f"step cost of ours / simclr: {statistics.median(ratios):.2f}x (median of per-round "
           "ratios)")

@@ -33,8 +33,8 @@ class Encoder(nn.Module):
 
 
 def resolve_precision(precision, device):
-    """"auto" -> "bf16" where the device has bf16 arithmetic units, else "float32" (bf16 without
-    them runs no faster than float32); "float32" and "bf16" are kept."""
+    """"auto" -> "bf16" where the device has bf16 arithmetic units, else "float32" (without them
+    bf16 is emulated); "float32" and "bf16" are kept."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
