@@ -33,7 +33,8 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, zf, logpf, w, beta, grad):
-        need_z, need_logp = (grad and need for need in ctx.needs_input_grad[:2])  # False: fixed
+        # grad: torch.is_grad_enabled() at the call (needs_input_grad ignores torch.no_grad())
+        need_z, need_logp = (grad and need for need in ctx.needs_input_grad[:2])
         chunk = max(1, CHUNK_ELEMENTS.get(zf.device.type, 2**20) // len(zf))  # rows per chunk
         lse, grad_logp = torch.empty_like(logpf), torch.zeros_like(logpf)  # (N,), (N,)
         grad_z = torch.zeros_like(zf)  # (N, d)
