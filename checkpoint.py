@@ -16,7 +16,7 @@ from data import write_atomic
 from model import Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
-               "seed", "precision")  # a resumed run must agree with its checkpoint on these
+               "seed", "precision", "channel_warmup")  # a resumed run agrees with its checkpoint
 
 
 def save_json(path, obj):

@@ -24,6 +24,7 @@ BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
     (["--lr", "inf"], "--lr must be finite"), (["--steps", "0"], "--steps must be positive"),
     (["--canvas", "1000000"], "needs about"), (["--batch-size", "100000000"], "needs about"),
     (["--method", "byol"], "invalid choice: 'byol'"), (["--resume"], "no checkpoint"),
+    (["--channel-warmup", "0"], "--channel-warmup must be positive"),
     (["--data-dir", "CORRUPT"], "gz: truncated")]
 
 

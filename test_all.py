@@ -107,7 +107,8 @@ def test_idx_round_trip_corrupt_and_missing_files(tmp_path):
 def test_training_raises_mi_and_lambda_keeps_entropy(tmp_path, precision):
     """Fails if the MI's sign flips, if the encoder or the channel gets no MI gradient, or if
     lambda H(T|X) is ignored (each checked by hand on a mutated train.py)."""
-    common = ["--batch-size", "16", "--lr", "3e-3", "--no-probe", "--precision", precision]
+    common = ["--batch-size", "16", "--lr", "3e-3", "--no-probe", "--precision", precision,
+              "--channel-warmup", "10"]
     run(tmp_path, "start", *common, "--steps", "1")
     for out, weight in (("trained", "0.5"), ("sharp", "0"), ("flat", "5")):
         run(tmp_path, out, *common, "--steps", "60", "--entropy-weight", weight)
@@ -144,8 +145,7 @@ def test_same_seed_same_run_and_resume_or_interrupt_is_bit_identical(tmp_path, m
         run(tmp_path, "stopped", "--steps", "20", "--no-probe", "--log-every", "1")
     run(tmp_path, "stopped", "--steps", "20", "--no-probe", "--log-every", "1", "--resume")
     straight = load(tmp_path, "straight")
-    for out in ("resumed", "stopped"):
-        other = load(tmp_path, out)
+    for other in (load(tmp_path, out) for out in ("resumed", "stopped")):
         assert other["history"] == straight["history"] and other["step"] == 20
         for net in ("encoder", "channel"):
             assert all(torch.equal(w, other[net][k]) for k, w in straight[net].items())

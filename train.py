@@ -43,6 +43,7 @@ def parse_args(argv):
     add("--beta", type=float, default=5.0, help="beta, inverse temperature (SimCLR's 1/tau)")
     add("--entropy-weight", type=float, default=0.5, help="lambda, weight of H(T|X)")
     add("--lr", type=float, default=1e-3, help="Adam learning rate of theta and eta")
+    add("--channel-warmup", type=int, default=250, help="steps of eta's rate rising to --lr")
     add("--dim", type=int, default=50, help="d, dimension of the representation z = f(h)")
     add("--seed", type=int, default=0, help="seeds the canvases, the weights and the batches")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA if any")
@@ -67,7 +68,7 @@ def check_args(p, args):
     args.out = args.out or f"runs/{args.method}-{args.dataset}-s{args.seed}"
     args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from any folder
     for name in ("steps", "batch_size", "beta", "lr", "dim", "save_every", "log_every",
-                 "minutes", "entropy_weight"):
+                 "minutes", "entropy_weight", "channel_warmup"):
         value, flag = getattr(args, name), "--" + name.replace("_", "-")
         if value is not None and not math.isfinite(value):
             p.error(f"{flag} must be finite, got {value}")
@@ -105,8 +106,7 @@ def simclr_step(args, encoder, opt_theta, xb, grid, g):
     """NT-Xent on two crops drawn uniformly from the grid for each canvas."""
     views = grid[torch.randint(len(grid), (2, len(xb)), generator=g, device=g.device)]  # (2, B, 2)
     with autocast(xb.device, args.precision):
-        z1 = encoder(crops_at(xb, views[0]))[1][:, 0]  # (B, d)
-        z2 = encoder(crops_at(xb, views[1]))[1][:, 0]  # (B, d)
+        z1, z2 = (encoder(crops_at(xb, v))[1][:, 0] for v in views)  # (B, d) each
     loss = nt_xent(z1, z2, args.beta)
     opt_theta.zero_grad(set_to_none=True)
     loss.backward()
@@ -161,6 +161,7 @@ def main(argv=None):
             idx = torch.randint(len(x), (args.batch_size,), generator=g, device=device)  # (B,)
             xb = x[idx].float() / 255  # (B, 1, C, C)
             if args.method == "ours":
+                opt_eta.param_groups[0]["lr"] = args.lr * min(1.0, (step + 1) / args.channel_warmup)
                 shown = alternating_step(args, encoder, channel, opt_theta, opt_eta, xb)
             else:
                 shown = simclr_step(args, encoder, opt_theta, xb, grid, g)
