@@ -5,7 +5,7 @@
 
 Each iteration of ours (Algorithm 1, alternating updates): (a) an encoder step on exact_mi,
 the channel's log P(T|X) held fixed; (b) z recomputed by the *updated* encoder, without
-gradient, then a channel step on exact_mi + lambda H(T|X).
+gradient, then a channel step on exact_mi + lambda H(T|X), at a rate warmed up from 0.
 Shapes: B batch, C canvas side, K crops, d embedding.
 """
 import argparse
