@@ -120,7 +120,7 @@ def load_mnist(data_dir, split, mirrors=MIRRORS, timeout=10.0):
 def check_memory(canvas, batch_size, device, n_images=60000, crop=28, stride=4):
     """Refuse a run whose train canvases, step activations and (K, K) numerators exceed the
     device's memory. 1,500 bytes per canvas pixel of the batch is twice the measured cost: a
-    56x56 ours step's process peaked at 0.44 GiB at B = 16, 0.67 to 0.9 GiB at B = 256
+    56x56 ours step's process peaked at 0.44 GiB at B = 16, 0.64 to 0.9 GiB at B = 256
     (bench.py)."""
     K = ((canvas - crop) // stride + 1) ** 2
     need = n_images * canvas**2 + batch_size * (1500 * canvas**2 + 12 * K * K)

@@ -4,6 +4,7 @@ Each is independent of the code it checks: the loops follow PAPER.md's formulas 
 term, the IDX writer follows the format, not data.read_idx.
 """
 import gzip
+import hashlib
 import http.server
 import math
 import os
@@ -115,6 +116,7 @@ def call_at(monkeypatch, at, before=None, after=None):
 
 class Mirror(http.server.BaseHTTPRequestHandler):
     body = os.urandom(5000)
+    md5 = hashlib.md5(body).hexdigest()
 
     def do_GET(self):  # /drop: the connection dies after 1,000 of the 5,000 bytes
         self.send_response(200)

@@ -1,5 +1,4 @@
 """Tests of crl-tac (`pytest test_all.py`): float64 loops, the math's guarantees, learning."""
-import hashlib
 import json
 import math
 import os
@@ -145,6 +144,7 @@ def test_same_seed_same_run_and_resume_or_interrupt_is_bit_identical(tmp_path, m
         run(tmp_path, "stopped", "--steps", "20", "--no-probe", "--log-every", "1")
     run(tmp_path, "stopped", "--steps", "20", "--no-probe", "--log-every", "1", "--resume")
     straight = load(tmp_path, "straight")
+    assert straight["opt_eta"]["param_groups"][0]["lr"] == 1e-3 * (20 / 250)  # warming up
     for other in (load(tmp_path, out) for out in ("resumed", "stopped")):
         assert other["history"] == straight["history"] and other["step"] == 20
         for net in ("encoder", "channel"):
@@ -181,7 +181,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, message):
 
 def test_download_checks_md5_and_leaves_no_partial_file(tmp_path):
     server, url = serve(Mirror)
-    md5, target = hashlib.md5(Mirror.body).hexdigest(), tmp_path / "f.gz"
+    md5, target = Mirror.md5, tmp_path / "f.gz"
     for path, expected_md5, error in (("/good", "0" * 32, "MD5"), ("/drop", md5, "dropped")):
         with pytest.raises(OSError, match=error):
             data.download(url + path, str(target), expected_md5, timeout=5)
