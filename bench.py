@@ -125,7 +125,7 @@ def crops_per_second(canvas, batch, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch-size", type=int, default=64, help="B of both methods")
+    p.add_argument("--batch-size", type=int, default=32, help="B of both (train.py's default)")
     p.add_argument("--steps", type=int, default=60, help="steps of each timed run")
     p.add_argument("--rounds", type=int, default=3, help="alternations of ours and simclr")
     p.add_argument("--memory-batch", type=int, default=256, help="B of the peak-memory step")

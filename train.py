@@ -9,7 +9,6 @@ gradient, then a channel step on exact_mi + lambda H(T|X), at a rate warmed up f
 Shapes: B batch, C canvas side, K crops, d embedding.
 """
 import argparse
-import json
 import math
 import os
 import signal
@@ -38,8 +37,8 @@ def parse_args(argv):
     add("--dataset", choices=["regional", "mnist"], default="regional", help="Regional or MNIST")
     add("--canvas", type=int, help="canvas side C in px (default 56 regional, 36 mnist)")
     add("--data-dir", default="data", help="folder of the MNIST IDX files (fetched if missing)")
-    add("--steps", type=int, help="iterations (default 2000 regional, 1000 mnist)")
-    add("--batch-size", type=int, default=64, help="B, images per step")
+    add("--steps", type=int, help="iterations (default 3000 regional, 1000 mnist)")
+    add("--batch-size", type=int, help="B, images per step (default 32 regional, 64 mnist)")
     add("--beta", type=float, default=5.0, help="beta, inverse temperature (SimCLR's 1/tau)")
     add("--entropy-weight", type=float, default=0.5, help="lambda, weight of H(T|X)")
     add("--lr", type=float, default=1e-3, help="Adam learning rate of theta and eta")
@@ -61,13 +60,8 @@ def parse_args(argv):
 
 
 def check_args(p, args):
-    """Fill in the defaults; refuse, in one line, numbers no run can use."""
-    if args.steps is None:
-        args.steps = 10**9 if args.minutes else {"regional": 2000, "mnist": 1000}[args.dataset]
-    args.canvas = args.canvas or {"regional": 56, "mnist": 36}[args.dataset]
-    args.out = args.out or f"runs/{args.method}-{args.dataset}-s{args.seed}"
-    args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from any folder
-    for name in ("steps", "batch_size", "beta", "lr", "dim", "save_every", "log_every",
+    """Refuse, in one line, numbers no run can use; then fill in the defaults of --dataset."""
+    for name in ("steps", "batch_size", "canvas", "beta", "lr", "dim", "save_every", "log_every",
                  "minutes", "entropy_weight", "channel_warmup"):
         value, flag = getattr(args, name), "--" + name.replace("_", "-")
         if value is not None and not math.isfinite(value):
@@ -75,6 +69,12 @@ def check_args(p, args):
         if value is not None and (value < 0 or value == 0 and name != "entropy_weight"):
             bound = "non-negative" if name == "entropy_weight" else "positive"
             p.error(f"{flag} must be {bound}, got {value}")
+    if args.steps is None:
+        args.steps = 10**9 if args.minutes else {"regional": 3000, "mnist": 1000}[args.dataset]
+    B, C = {"regional": (32, 56), "mnist": (64, 36)}[args.dataset]  # batch and canvas side
+    args.batch_size, args.canvas = args.batch_size or B, args.canvas or C  # 0 refused above
+    args.out = args.out or f"runs/{args.method}-{args.dataset}-s{args.seed}"
+    args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from any folder
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     try:
@@ -189,7 +189,7 @@ def main(argv=None):
     metrics = {"steps": step, "train_seconds": seconds, "device": device.type,
                "images_per_second": (step - start) * args.batch_size / seconds}
     save_json(os.path.join(args.out, "metrics.json"), metrics)
-    print("\n" + json.dumps(metrics), file=sys.stderr)
+    print(f"\n{metrics}", file=sys.stderr)
     if not args.no_probe:
         probe.main([args.out])
     return metrics
