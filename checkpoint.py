@@ -60,7 +60,7 @@ def load_run(run_dir, device="cpu"):
     if not os.path.exists(path):
         sys.exit(f"probe.py: error: {run_dir} holds no checkpoint.pt: is it a run of train.py?")
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    args = argparse.Namespace(**ckpt["args"])  # the arguments the weights were trained with
+    args = argparse.Namespace(**{"precision": "float32", **ckpt["args"]})  # float32 before it
     encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
     try:
         encoder.load_state_dict(ckpt["encoder"])

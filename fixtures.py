@@ -26,6 +26,7 @@ BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
     (["--canvas", "1000000"], "needs about"), (["--batch-size", "100000000"], "needs about"),
     (["--method", "byol"], "invalid choice: 'byol'"), (["--resume"], "no checkpoint"),
     (["--channel-warmup", "0"], "--channel-warmup must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"), (["--canvas", "0"], "be positive"),
     (["--data-dir", "CORRUPT"], "gz: truncated")]
 
 

@@ -31,6 +31,7 @@ import figures
 from channel import crops_at
 from checkpoint import load_run, save_json
 from data import load_canvases
+from model import autocast
 
 CS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # candidate C, widened by decades while the best is at an edge
 SELECT = 10000  # images of the fits that choose C (the chosen C is then refitted on all of them)
@@ -45,23 +46,26 @@ def topn_weights(p, n):
 
 
 @torch.no_grad()
-def features(encoder, channel, x, offsets, modes, topn, batch=500):
-    """{mode: {"h": (N, 256), "f": (N, d)}} numpy features of uint8 canvases x (N, 1, C, C)."""
+def features(encoder, channel, x, offsets, modes, topn, precision="float32", batch=500):
+    """{mode: {"h": (N, 256), "f": (N, d)}} float32 numpy features of uint8 canvases x (N, 1, C, C),
+    the networks run in the precision they were trained in (model.autocast)."""
     device = next(encoder.parameters()).device
     out = {m: {"h": [], "f": []} for m in modes}
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].to(device).float() / 255  # (B, 1, C, C)
-        h, z = encoder(xb)  # (B, K, 256), (B, K, d)
-        p = channel(xb).exp()  # (B, K)
+        with autocast(device, precision):
+            h, z = encoder(xb)  # (B, K, 256), (B, K, d)
+            p = channel(xb).exp()  # (B, K)
+            if "oracle" in modes:
+                h_o, z_o = encoder(crops_at(xb, offsets[i:i + batch]))  # (B, 1, 256), (B, 1, d)
         for mode in modes:
             if mode == "oracle":
-                h_o, z_o = encoder(crops_at(xb, offsets[i:i + batch]))  # (B, 1, 256), (B, 1, d)
                 pairs = (("h", h_o[:, 0]), ("f", z_o[:, 0]))
             else:
                 w = (p if mode == "grid" else topn_weights(p, topn))[:, :, None]  # (B, K, 1)
                 pairs = (("h", (w * h).sum(1)), ("f", (w * z).sum(1)))
             for name, value in pairs:
-                out[mode][name].append(value.cpu().numpy())
+                out[mode][name].append(value.float().cpu().numpy())
     return {m: {k: np.concatenate(v) for k, v in out[m].items()} for m in modes}
 
 
@@ -146,7 +150,7 @@ def main(argv=None):
         x_t, y_t, o_t = load_canvases(args.data_dir, "test", args.dataset, args.canvas, args.seed)
         n = a.n_test
         splits = {"train": (x, y, offsets), "test": (x_t[:n], y_t[:n].numpy(), o_t[:n])}
-    feats = {name: features(encoder, channel, xs, o, modes, a.topn)
+    feats = {name: features(encoder, channel, xs, o, modes, a.topn, args.precision)
              for name, (xs, _, o) in splits.items()}
     train_y, test_y, probe = splits["train"][1], splits["test"][1], {}
     for mode in modes:
