@@ -125,11 +125,13 @@ def crops_per_second(canvas, batch, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch-size", type=int, default=32, help="B of both (train.py's default)")
+    p.add_argument("--batch-size", type=int, help="B of both (default: train.py's on Regional)")
     p.add_argument("--steps", type=int, default=60, help="steps of each timed run")
     p.add_argument("--rounds", type=int, default=3, help="alternations of ours and simclr")
     p.add_argument("--memory-batch", type=int, default=256, help="B of the peak-memory step")
     a = p.parse_args(argv)
+    if a.batch_size is None:  # the default command's B
+        a.batch_size = train.parse_args([]).batch_size
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {name}")
