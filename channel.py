@@ -31,12 +31,12 @@ def grid_offsets(canvas, crop=CROP, stride=STRIDE):
 
 
 def crops_at(x, offsets, crop=CROP):
-    """The crop of each canvas at its own offset: x (B, 1, C, C), offsets (B, 2) -> (B, 1, 28, 28).
-    """
-    r = offsets[:, :1].to(x.device) + torch.arange(crop, device=x.device)  # (B, crop)
-    c = offsets[:, 1:].to(x.device) + torch.arange(crop, device=x.device)  # (B, crop)
-    b = torch.arange(len(x), device=x.device)[:, None, None]  # (B, 1, 1)
-    return x[b, 0, r[:, :, None], c[:, None, :]][:, None]  # (B, 1, crop, crop)
+    """The crops of each canvas at its own offsets: x (B, 1, C, C), offsets (B, m, 2) -> the
+    (B, m, crop, crop) crops, which for m = 1 is a batch of one-channel images."""
+    r = offsets[..., :1].to(x.device) + torch.arange(crop, device=x.device)  # (B, m, crop)
+    c = offsets[..., 1:].to(x.device) + torch.arange(crop, device=x.device)  # (B, m, crop)
+    b = torch.arange(len(x), device=x.device)[:, None, None, None]  # (B, 1, 1, 1)
+    return x[b, 0, r[..., :, None], c[..., None, :]]  # (B, m, crop, crop)
 
 
 class Channel(nn.Module):

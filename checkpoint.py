@@ -1,8 +1,10 @@
-"""The run folder: args.json, checkpoint.pt, metrics.json, and exact resume.
+"""A run's state and folder: the networks, optimizers and generator, fresh or resumed;
+args.json, checkpoint.pt, metrics.json.
 
 A checkpoint holds everything the next step depends on (both networks, both Adam states,
-the batch generator, the step and the history), so a resumed run continues bit for bit.
-Every file is written to a temporary file and renamed: a kill leaves the previous one.
+the generator of the batches and the crops drawn, the step and the history), so a resumed run
+continues bit for bit. Every file is written to a temporary file and renamed: a kill leaves the
+previous one.
 """
 import argparse
 import json
@@ -16,7 +18,7 @@ from data import write_atomic
 from model import Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
-               "seed", "precision", "channel_warmup")  # a resumed run agrees with its checkpoint
+               "seed", "precision", "channel_warmup", "samples")  # a resume agrees with its run
 
 
 def save_json(path, obj):
@@ -27,6 +29,14 @@ def save_checkpoint(path, state, **extra):
     """state: {name: object with state_dict()}; extra: plain values (step, history, ...)."""
     ckpt = {**{name: obj.state_dict() for name, obj in state.items()}, **extra}
     write_atomic(path, lambda fh: torch.save(ckpt, fh))
+
+
+def save_run(args, state, g, step, history):
+    """checkpoint.pt of train.py's state at step, refused if a weight is not finite."""
+    weights = [*state["encoder"].parameters(), *state["channel"].parameters()]
+    stop_if_not_finite(step, weights, args.out, "weights are")
+    save_checkpoint(os.path.join(args.out, "checkpoint.pt"), state, generator=g.get_state(),
+                    step=step, history=history, device=g.device.type, args=vars(args))
 
 
 def stop_if_not_finite(step, values, out, what):
@@ -45,13 +55,32 @@ def load_checkpoint(args, device):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
-    saved = {**ckpt["args"], "device": ckpt["device"]}
+    saved = {"samples": 0, **ckpt["args"], "device": ckpt["device"]}  # 0 before --samples
     wanted = {**vars(args), "device": device.type}  # CPU and CUDA generators differ in state
     for name in (*SAME_CONFIG, "device"):
         if saved.get(name) != wanted[name]:
             sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has "
                      f"{name}={saved.get(name)!r}, not {wanted[name]!r}")
     return ckpt
+
+
+def fresh_or_resumed(args, device):
+    """(state, g, step, history): the networks with their Adam optimizers, and the generator of
+    the batches and the crops drawn, fresh from --seed, or with --resume as the checkpoint in
+    --out left them."""
+    torch.manual_seed(args.seed)
+    encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
+    state = {"encoder": encoder, "channel": channel,
+             "opt_theta": torch.optim.Adam(encoder.parameters(), lr=args.lr),
+             "opt_eta": torch.optim.Adam(channel.parameters(), lr=args.lr)}
+    g = torch.Generator(device).manual_seed(args.seed)
+    if not args.resume:
+        return state, g, 0, []
+    ckpt = load_checkpoint(args, device)
+    for key, obj in state.items():
+        obj.load_state_dict(ckpt[key])
+    g.set_state(ckpt["generator"])
+    return state, g, ckpt["step"], ckpt["history"]
 
 
 def load_run(run_dir, device="cpu"):

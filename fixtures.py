@@ -17,7 +17,9 @@ import torch
 import checkpoint
 import data
 import figures
+import model
 import train
+from channel import Channel, grid_offsets
 
 BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
     (["--canvas", "20"], "smaller than the 28x28 crop"), (["--canvas", "58"], "crop grid"),
@@ -27,7 +29,9 @@ BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
     (["--method", "byol"], "invalid choice: 'byol'"), (["--resume"], "no checkpoint"),
     (["--channel-warmup", "0"], "--channel-warmup must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"), (["--canvas", "0"], "be positive"),
-    (["--data-dir", "CORRUPT"], "gz: truncated")]
+    (["--data-dir", "CORRUPT"], "gz: truncated"), (["--samples", "65"], "exceeds the 64 crops"),
+    (["--samples", "-1"], "--samples must be non-negative"),
+    (["--method", "simclr", "--samples", "2"], "the flag is for --method ours")]
 
 
 def random_inputs(B=3, K=4, d=5, seed=0, peak=1.0):
@@ -98,6 +102,22 @@ def run_state(tmp_path, out):
     args, encoder, channel, _ = checkpoint.load_run(str(tmp_path / out))
     x = data.load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)[0]
     return figures.diagnostics(args, encoder, channel, x[:64])
+
+
+def one_step(x, flags, peaked=False):
+    """One alternating_step of fresh float32 networks on canvases x (B, 1, C, C), at rate 0 so
+    that (b) sees (a)'s encoder: (MI, {"encoder": gradients, "channel": gradients}, channel)."""
+    args = train.parse_args(["--canvas", str(x.shape[-1]), "--precision", "float32", *flags])
+    torch.manual_seed(0)
+    encoder, channel = model.Encoder(), Channel()
+    if peaked:
+        torch.nn.init.normal_(channel.net[-1].weight)  # leave the uniform start
+    rate_0 = [torch.optim.SGD(net.parameters(), lr=0.0) for net in (encoder, channel)]
+    grid, g = grid_offsets(x.shape[-1]), torch.Generator().manual_seed(0)
+    mi = train.alternating_step(args, encoder, channel, *rate_0, x, grid, g)["MI"]
+    grads = {"encoder": [w.grad for w in encoder.parameters()],
+             "channel": [w.grad for w in channel.parameters()]}
+    return mi, grads, channel
 
 
 def call_at(monkeypatch, at, before=None, after=None):

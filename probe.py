@@ -57,7 +57,8 @@ def features(encoder, channel, x, offsets, modes, topn, precision="float32", bat
             h, z = encoder(xb)  # (B, K, 256), (B, K, d)
             p = channel(xb).exp()  # (B, K)
             if "oracle" in modes:
-                h_o, z_o = encoder(crops_at(xb, offsets[i:i + batch]))  # (B, 1, 256), (B, 1, d)
+                oracle = crops_at(xb, offsets[i:i + batch, None])  # (B, 1, 28, 28)
+                h_o, z_o = encoder(oracle)  # (B, 1, 256), (B, 1, d)
         for mode in modes:
             if mode == "oracle":
                 pairs = (("h", h_o[:, 0]), ("f", z_o[:, 0]))
