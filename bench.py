@@ -1,6 +1,6 @@
 """Benchmark: ours' exact step against SimCLR's, and both against this machine's peak.
 
-    python bench.py
+    python bench.py                  # on a GPU where there is one: python bench.py --device cuda
 
 Prints (1) images/s of `train.py --steps 60 --no-probe` runs of ours and simclr at the same
 batch size, alternated over rounds so both see the same machine, with the median ratio;
@@ -25,30 +25,35 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import config
 import train
 from channel import Channel, crops_at, grid_offsets
 from model import Encoder, resolve_precision
 from objective import exact_mi
 
 MEMORY_STEP = """
-import resource, sys, bench
-bench.training_steps(sys.argv[2], int(sys.argv[1]), repeats=2)
-try:  # VmHWM: this process's own peak; ru_maxrss also counts bench.py's, kept across the fork
-    print(next(int(line.split()[1]) for line in open("/proc/self/status")
-               if line.startswith("VmHWM")) / 2**20)  # KiB -> GiB
-except OSError:  # no /proc (not Linux)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+import resource, sys, torch, bench
+bench.training_steps(sys.argv[2], int(sys.argv[1]), repeats=2, device=sys.argv[3])
+if sys.argv[3] == "cuda":  # the GPU's peak
+    print(torch.cuda.max_memory_allocated() / 2**30)
+else:  # VmHWM: this process's own peak; ru_maxrss also counts bench.py's, kept across the fork
+    try:
+        print(next(int(line.split()[1]) for line in open("/proc/self/status")
+                   if line.startswith("VmHWM")) / 2**20)  # KiB -> GiB
+    except OSError:  # no /proc (not Linux)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
 
 
-def training_steps(method, batch, canvas=56, repeats=1):
-    """Training steps of method on one batch of random canvases, fresh networks (CPU)."""
-    args = train.parse_args(["--method", method, "--batch-size", str(batch)])
-    args.precision = resolve_precision(args.precision, torch.device("cpu"))  # as train.main
+def training_steps(method, batch, canvas=56, repeats=1, device="cpu"):
+    """Training steps of method on one batch of random canvases, fresh networks."""
+    args = config.parse_args(["--method", method, "--batch-size", str(batch)])
+    args.precision = resolve_precision(args.precision, torch.device(device))  # as train.main
     torch.manual_seed(0)
-    encoder, channel = Encoder(), Channel()
+    encoder, channel = Encoder().to(device), Channel().to(device)
     opts = [torch.optim.Adam(net.parameters()) for net in (encoder, channel)]
-    x, grid, g = torch.rand(batch, 1, canvas, canvas), grid_offsets(canvas), torch.Generator()
+    x = torch.rand(batch, 1, canvas, canvas, device=device)  # (B, 1, C, C)
+    grid, g = grid_offsets(canvas).to(device), torch.Generator(device)
     for _ in range(repeats):
         if method == "ours":
             train.alternating_step(args, encoder, channel, *opts, x)
@@ -105,9 +110,10 @@ def encoder_flops(x):
             for name, ops in counter.get_flop_counts().items() if name.count(".") == 2}
 
 
-def images_per_second(method, batch_size, steps, out):
+def images_per_second(method, batch_size, steps, out, device):
     metrics = train.main(["--method", method, "--steps", str(steps), "--batch-size",
-                          str(batch_size), "--no-probe", "--log-every", str(steps), "--out", out])
+                          str(batch_size), "--no-probe", "--log-every", str(steps), "--out", out,
+                          "--device", device])
     return metrics["images_per_second"]
 
 
@@ -129,10 +135,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=60, help="steps of each timed run")
     p.add_argument("--rounds", type=int, default=3, help="alternations of ours and simclr")
     p.add_argument("--memory-batch", type=int, default=256, help="B of the peak-memory step")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA if any, as train.py")
     a = p.parse_args(argv)
     if a.batch_size is None:  # the default command's B
-        a.batch_size = train.parse_args([]).batch_size
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+        a.batch_size = config.parse_args([]).batch_size
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    device = "cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {name}")
     rates = {"ours": [], "simclr": []}
@@ -140,7 +150,7 @@ def main(argv=None):
         for _ in range(a.rounds):
             for method in rates:
                 out = os.path.join(tmp, method)
-                rates[method].append(images_per_second(method, a.batch_size, a.steps, out))
+                rates[method].append(images_per_second(method, a.batch_size, a.steps, out, device))
     peaks = {dtype: matmul_peak(device, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
     precision = resolve_precision("auto", torch.device(device))  # of the networks, as train.py
     print("matrix-multiply peak (2048 x 2048, median of 10): " + ", ".join(
@@ -167,12 +177,13 @@ def main(argv=None):
     one_pass, per_crop = crops_per_second(56, a.batch_size, device)
     print(f"encoder, no grad: one pass {one_pass:.0f} crops/s, per crop {per_crop:.0f} crops/s "
           f"({one_pass / per_crop:.1f}x)")
+    where = "the GPU's" if device == "cuda" else "the whole process's"
     for method in ("ours", "simclr"):
         peak_memory = subprocess.run(
-            [sys.executable, "-c", MEMORY_STEP, str(a.memory_batch), method], check=True,
+            [sys.executable, "-c", MEMORY_STEP, str(a.memory_batch), method, device], check=True,
             capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         print(f"peak memory of a {method} step at B={a.memory_batch}: "
-              f"{float(peak_memory.stdout):.2f} GiB (whole process)")
+              f"{float(peak_memory.stdout):.2f} GiB ({where})")
 
 
 if __name__ == "__main__":

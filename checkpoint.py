@@ -13,12 +13,13 @@ import sys
 
 import torch
 
+import distributed
 from channel import Channel
 from data import write_atomic
 from model import Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
-               "seed", "precision", "channel_warmup", "samples")  # a resume agrees with its run
+               "seed", "precision", "channel_warmup", "samples", "world_size")  # as in the run
 
 
 def save_json(path, obj):
@@ -32,11 +33,13 @@ def save_checkpoint(path, state, **extra):
 
 
 def save_run(args, state, g, step, history):
-    """checkpoint.pt of train.py's state at step, refused if a weight is not finite."""
+    """checkpoint.pt of train.py's state at step, refused if a weight is not finite; written by
+    the first process alone (every process holds the same weights)."""
     weights = [*state["encoder"].parameters(), *state["channel"].parameters()]
     stop_if_not_finite(step, weights, args.out, "weights are")
-    save_checkpoint(os.path.join(args.out, "checkpoint.pt"), state, generator=g.get_state(),
-                    step=step, history=history, device=g.device.type, args=vars(args))
+    if distributed.rank() == 0:
+        save_checkpoint(os.path.join(args.out, "checkpoint.pt"), state, generator=g.get_state(),
+                        step=step, history=history, device=g.device.type, args=vars(args))
 
 
 def stop_if_not_finite(step, values, out, what):
@@ -55,7 +58,7 @@ def load_checkpoint(args, device):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
-    saved = {"samples": 0, **ckpt["args"], "device": ckpt["device"]}  # 0 before --samples
+    saved = {"samples": 0, "world_size": 1, **ckpt["args"], "device": ckpt["device"]}  # older
     wanted = {**vars(args), "device": device.type}  # CPU and CUDA generators differ in state
     for name in (*SAME_CONFIG, "device"):
         if saved.get(name) != wanted[name]:

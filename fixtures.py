@@ -16,6 +16,7 @@ import torch
 
 import checkpoint
 import data
+import config
 import figures
 import model
 import train
@@ -107,7 +108,7 @@ def run_state(tmp_path, out):
 def one_step(x, flags, peaked=False):
     """One alternating_step of fresh float32 networks on canvases x (B, 1, C, C), at rate 0 so
     that (b) sees (a)'s encoder: (MI, {"encoder": gradients, "channel": gradients}, channel)."""
-    args = train.parse_args(["--canvas", str(x.shape[-1]), "--precision", "float32", *flags])
+    args = config.parse_args(["--canvas", str(x.shape[-1]), "--precision", "float32", *flags])
     torch.manual_seed(0)
     encoder, channel = model.Encoder(), Channel()
     if peaked:

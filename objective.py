@@ -22,7 +22,8 @@ CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}
 
 
 class _WeightedLogSumExp(torch.autograd.Function):
-    """U = sum_a w[a] lse[a], lse[a] = logsumexp_b (beta <zf[a], zf[b]> + logpf[b]), N = B * K rows.
+    """U = sum_a w[a] lse[a], lse[a] = logsumexp_b (beta <zf[a], zf[b]> + logpf[b]) over the
+    rows a = first .. first + len(w) - 1 of zf (N = B K rows, all of them by default) and all N b.
 
     Exact, a chunk of rows at a time, in one pass: U is a weighted sum, so its gradient
     dU/ds[a,b] = w[a] softmax_b(s[a, :]) is known while the chunk is at hand, and the backward
@@ -32,21 +33,21 @@ class _WeightedLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, zf, logpf, w, beta, grad):
+    def forward(ctx, zf, logpf, w, beta, grad, first=0):
         # grad: torch.is_grad_enabled() at the call (needs_input_grad ignores torch.no_grad())
         need_z, need_logp = (grad and need for need in ctx.needs_input_grad[:2])
         chunk = max(1, CHUNK_ELEMENTS.get(zf.device.type, 2**20) // len(zf))  # rows per chunk
-        lse, grad_logp = torch.empty_like(logpf), torch.zeros_like(logpf)  # (N,), (N,)
+        lse, grad_logp = torch.empty_like(w), torch.zeros_like(logpf)  # (n,), (N,)
         grad_z = torch.zeros_like(zf)  # (N, d)
-        for i in range(0, len(zf), chunk):
-            rows = slice(i, i + chunk)
+        for i in range(0, len(w), chunk):
+            part, rows = slice(i, i + chunk), slice(first + i, first + min(i + chunk, len(w)))
             s = torch.addmm(logpf, zf[rows], zf.T, alpha=beta)  # (c, N) one chunk
             m = s.amax(1)  # (c,) the row's largest term: exp below cannot overflow
             e = s.sub_(m[:, None]).exp_()  # (c, N)
             r = e.sum(1)  # (c,)
-            lse[rows] = m + r.log()
+            lse[part] = m + r.log()
             if need_z or need_logp:
-                g = e.mul_((w[rows] / r)[:, None])  # (c, N) dU/ds[a,b], in place of e
+                g = e.mul_((w[part] / r)[:, None])  # (c, N) dU/ds[a,b], in place of e
             if need_logp:
                 grad_logp += g.sum(0)
             if need_z:
@@ -59,7 +60,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_U, _):
         grad_z, grad_logp, lse = ctx.saved_tensors
-        return grad_U * grad_z, grad_U * grad_logp, grad_U * lse, None, None
+        return grad_U * grad_z, grad_U * grad_logp, grad_U * lse, None, None, None
 
 
 def den_reference(z, logp, beta):
@@ -71,27 +72,32 @@ def den_reference(z, logp, beta):
     return torch.logsumexp((logp[None, None] + s).flatten(2), dim=2) - math.log(len(z))  # (B, K)
 
 
-def _den(z, logp, beta):
-    """(sum_{i,k} p[i,k] den[i,k], den (B, K)): den_reference's values, never holding (N, N)."""
+def _den(z, logp, beta, rows=slice(None)):
+    """(sum_{i in rows, k} p[i,k] den[i,k], den (b, K)) of the b images rows: den_reference's
+    values, never holding (N, N)."""
     B, K, d = z.shape
     p = logp.exp()  # (B, K)
-    zf, logpf, pf = z.reshape(B * K, d), logp.reshape(B * K), p.reshape(B * K)  # (N, d), (N,)
-    U, lse = _WeightedLogSumExp.apply(zf, logpf, pf, beta, torch.is_grad_enabled())
-    return U - p.sum() * math.log(B), lse.view(B, K) - math.log(B)
+    zf, logpf, pf = z.reshape(B * K, d), logp.reshape(B * K), p[rows].reshape(-1)  # (N, d), (N,)
+    first = rows.indices(B)[0] * K  # the rows' first in zf
+    U, lse = _WeightedLogSumExp.apply(zf, logpf, pf, beta, torch.is_grad_enabled(), first)
+    return U - p[rows].sum() * math.log(B), lse.view(-1, K) - math.log(B)
 
 
 def _self_similarity(z, beta):
     return beta * torch.einsum("ikd,ild->ikl", z, z)  # (B, K, K) s[i,k,i,l]
 
 
-def exact_mi(z, logp, beta):
+def exact_mi(z, logp, beta, rows=slice(None)):
     """MI of equation (2), exact over the crop grid, in nats (to maximize).
 
     z (B, K, d) unit vectors h(t_k(x_i)) under the projection head; logp (B, K) log P(t_k | x_i).
+    rows: the images i whose terms are summed, all by default; in a distributed run, each
+    process sums its own images' terms, and the processes' sums add up to the MI.
     """
     p = logp.exp()  # (B, K)
+    # num of every image (B K^2 terms, few beside the (B K)^2 of den), then the rows' alone
     num = torch.logsumexp(logp[:, None, :] + _self_similarity(z, beta), dim=2)  # (B, K)
-    return ((p * num).sum() - _den(z, logp, beta)[0]) / len(z)
+    return ((p * num)[rows].sum() - _den(z, logp, beta, rows)[0]) / len(z)
 
 
 def simclr_bound(z, logp, beta):

@@ -42,10 +42,11 @@ def draw_uniform(logp, m, g):
     return c, logp.gather(1, c).log_softmax(1)  # (B, m)
 
 
-def views(encoder, x, grid, c):
-    """z of the crops c (B, m) of each canvas x (B, 1, C, C), encoded as crops: (B, m, d); or,
-    where c is None, of all K grid crops, in one pass over each canvas: (B, K, d)."""
+def views(encoder, x, grid, c, rows=slice(None)):
+    """z of the crops c[rows] (b, m) of the canvases x (b, 1, C, C), encoded as crops: (b, m, d);
+    or, where c is None, of all K grid crops, in one pass over each canvas: (b, K, d). rows: the
+    canvases' images in the batch that c draws for (all, but in a distributed run)."""
     if c is None:
-        return encoder(x)[1]  # (B, K, d)
-    crops = crops_at(x, grid[c]).flatten(0, 1)[:, None]  # (B m, 1, 28, 28)
-    return encoder(crops)[1].view(*c.shape, -1)  # (B, m, d)
+        return encoder(x)[1]  # (b, K, d)
+    crops = crops_at(x, grid[c[rows]]).flatten(0, 1)[:, None]  # (b m, 1, 28, 28)
+    return encoder(crops)[1].view(len(x), c.shape[1], -1)  # (b, m, d)

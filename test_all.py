@@ -16,10 +16,11 @@ from fixtures import (BAD_INPUTS, call_at, corrupt_mnist, fake_mnist, load, mi_l
                       run, run_state, topn_loop, two_view_loops)
 from objective import alignment, den_reference, exact_mi, nt_xent, simclr_bound, uniformity
 # pytest collects every test function in this module's namespace: these imported ones too, so
-# `pytest test_all.py` runs the tests of data.py and sampling.py, which have files of their own
+# `pytest test_all.py` runs the tests of data.py, distributed.py and sampling.py, in their files
 from test_data import (test_download_checks_md5_and_leaves_no_partial_file,
                        test_idx_round_trip_corrupt_and_missing_files,
                        test_regional_canvases_are_deterministic_and_hold_the_digit)
+from test_distributed import test_two_processes_give_the_gradients_and_weights_of_one
 from test_sampling import (test_draws_follow_the_channel_and_estimates_near_the_exact_mi,
                            test_sampled_step_is_exact_where_draws_enumerate_the_grid)
 
@@ -35,6 +36,8 @@ def test_estimators_match_loops_and_bound_below_mi_below_log_batch(seed, monkeyp
     torch.testing.assert_close(objective._den(z, logp, beta)[1], den_reference(z, logp, beta))
     monkeypatch.setitem(objective.CHUNK_ELEMENTS, "cpu", 50)  # stream 2 to 4 rows at a time
     assert exact_mi(z, logp, beta).item() == pytest.approx(mi, rel=1e-12)
+    shares = [exact_mi(z, logp, beta, slice(i, i + 2)).item() for i in range(0, len(z), 2)]
+    assert sum(shares) == pytest.approx(mi, rel=1e-12)  # the processes' rows add up to the MI
     z, logp = z.requires_grad_(), logp.requires_grad_()
     for estimator in (exact_mi, simclr_bound):  # the hand-written backward, finite differences
         assert torch.autograd.gradcheck(lambda z, logp: estimator(z, logp, beta), (z, logp))

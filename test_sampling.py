@@ -38,9 +38,9 @@ def test_sampled_step_is_exact_where_draws_enumerate_the_grid(monkeypatch):
 def test_draws_follow_the_channel_and_estimates_near_the_exact_mi(monkeypatch):
     drawn, views = [], train.views
 
-    def spy(encoder, x, grid, c):  # the crops each phase of the step encodes
-        drawn.append(c)
-        return views(encoder, x, grid, c)
+    def spy(encoder, x, grid, c, rows):  # the crops each phase of the step encodes
+        drawn.append(c[rows])
+        return views(encoder, x, grid, c, rows)
     monkeypatch.setattr(train, "views", spy)
     x = torch.rand(1, 1, 36, 36, generator=torch.Generator().manual_seed(0))  # (1, 1, 36, 36)
     x = x.expand(1000, 1, 36, 36)  # the same canvas 1,000 times, 4 draws each

@@ -1,0 +1,83 @@
+"""train.py's command line: every flag with its default, the defaults of each dataset, and a
+one-line refusal of any value no run can use, before anything is written.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+from channel import check_canvas, grid_offsets
+from data import check_memory
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the problem, no usage dump, no traceback
+        sys.exit(f"{self.prog}: error: {message}")
+
+
+def parse_args(argv):
+    p = Parser(prog="train.py", description="Algorithm 1 of Koyama et al. 2021.")
+    add = p.add_argument
+    add("--method", choices=["ours", "simclr"], default="ours", help="ours: exact MI, learned T")
+    add("--dataset", choices=["regional", "mnist"], default="regional", help="Regional or MNIST")
+    add("--canvas", type=int, help="canvas side C in px (default 56 regional, 36 mnist)")
+    add("--data-dir", default="data", help="folder of the MNIST IDX files (fetched if missing)")
+    add("--steps", type=int, help="iterations (default 3000 regional, 1000 mnist)")
+    add("--batch-size", type=int, help="B, images per step (default 32 regional, 64 mnist)")
+    add("--beta", type=float, default=5.0, help="beta, inverse temperature (SimCLR's 1/tau)")
+    add("--entropy-weight", type=float, default=0.5, help="lambda, weight of H(T|X)")
+    add("--lr", type=float, default=1e-3, help="Adam learning rate of theta and eta")
+    add("--channel-warmup", type=int, default=250, help="steps of eta's rate rising to --lr")
+    add("--samples", type=int, default=0,
+        help="m of the poster's Algorithm 1: crops drawn per image (0: the exact sum over all K)")
+    add("--dim", type=int, default=50, help="d, dimension of the representation z = f(h)")
+    add("--seed", type=int, default=0, help="seeds the canvases, the weights and the batches")
+    add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA if any")
+    add("--precision", choices=["auto", "float32", "bf16"], default="auto",
+        help="of the networks (the objective is float32); auto: bf16 where the device has it")
+    add("--out", help="run folder (default runs/METHOD-DATASET-sSEED)")
+    add("--minutes", type=float, help="wall-clock budget of the training loop")
+    add("--save-every", type=int, default=100, help="steps between checkpoints")
+    add("--log-every", type=int, default=10, help="steps between progress lines and checks")
+    add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add("--no-probe", action="store_true", help="skip the linear probe after training")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p, args):
+    """Refuse, in one line, numbers no run can use; then fill in the defaults of --dataset."""
+    for name in ("steps", "batch_size", "canvas", "beta", "lr", "dim", "save_every", "log_every",
+                 "minutes", "entropy_weight", "channel_warmup", "samples"):
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        zero_allowed = name in ("entropy_weight", "samples")
+        if value is not None and not math.isfinite(value):
+            p.error(f"{flag} must be finite, got {value}")
+        if value is not None and (value < 0 or value == 0 and not zero_allowed):
+            p.error(f"{flag} must be {'non-negative' if zero_allowed else 'positive'}, got {value}")
+    if args.samples and args.method != "ours":
+        p.error("--samples: SimCLR draws its two views already; the flag is for --method ours")
+    # steps, B, C by dataset; Regional's B 32 for 3,000 steps was chosen on validation (NOTES.md)
+    steps, B, C = {"regional": (3000, 32, 56), "mnist": (1000, 64, 36)}[args.dataset]
+    args.steps = args.steps or (10**9 if args.minutes else steps)  # 0 refused above, as B and C
+    args.batch_size, args.canvas = args.batch_size or B, args.canvas or C
+    name = f"{args.method}-m{args.samples}" if args.samples else args.method
+    args.out = args.out or f"runs/{name}-{args.dataset}-s{args.seed}"
+    args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from any folder
+    args.world_size = int(os.environ.get("WORLD_SIZE", 1))  # processes, set by torchrun
+    if args.batch_size % args.world_size:
+        p.error(f"--batch-size {args.batch_size} is not a multiple of the {args.world_size} "
+                "processes: each takes an equal share of every batch")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    try:
+        check_canvas(args.canvas)
+        check_memory(args.canvas, args.batch_size, args.device)
+    except ValueError as e:
+        p.error(f"--canvas {args.canvas}: {e}")
+    if args.samples > len(grid_offsets(args.canvas)):  # (b) draws without replacement
+        p.error(f"--samples {args.samples} exceeds the {len(grid_offsets(args.canvas))} crops "
+                f"of the grid on --canvas {args.canvas}")
