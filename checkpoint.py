@@ -19,7 +19,7 @@ from data import write_atomic
 from model import Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
-               "seed", "precision", "channel_warmup", "samples", "world_size")  # as in the run
+               "seed", "precision", "channel_warmup", "samples", "world_size", "schedule")
 
 
 def save_json(path, obj):
@@ -42,6 +42,15 @@ def save_run(args, state, g, step, history):
                         step=step, history=history, device=g.device.type, args=vars(args))
 
 
+def save_snapshot(args, state, step, history):
+    """snapshots/STEP.pt: the networks at step, for figures over training (compare.py)."""
+    if distributed.rank() == 0:
+        os.makedirs(os.path.join(args.out, "snapshots"), exist_ok=True)
+        networks = {"encoder": state["encoder"], "channel": state["channel"]}
+        save_checkpoint(os.path.join(args.out, "snapshots", f"{step}.pt"), networks, step=step,
+                        history=history, args=vars(args))
+
+
 def stop_if_not_finite(step, values, out, what):
     """Exit in one line if a value is NaN or infinite, before it reaches a checkpoint."""
     if not all(torch.isfinite(v).all() for v in values):
@@ -58,9 +67,13 @@ def load_checkpoint(args, device):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
-    saved = {"samples": 0, "world_size": 1, **ckpt["args"], "device": ckpt["device"]}  # older
+    older = {"samples": 0, "world_size": 1, "schedule": "constant"}  # runs from before the flags
+    saved = {**older, **ckpt["args"], "device": ckpt["device"]}
     wanted = {**vars(args), "device": device.type}  # CPU and CUDA generators differ in state
-    for name in (*SAME_CONFIG, "device"):
+    same = [*SAME_CONFIG, "device"]
+    if args.schedule == "cosine":  # its rates depend on the run's length too
+        same.append("steps")
+    for name in same:
         if saved.get(name) != wanted[name]:
             sys.exit(f"train.py: error: --resume: the checkpoint in {args.out} has "
                      f"{name}={saved.get(name)!r}, not {wanted[name]!r}")
@@ -86,11 +99,12 @@ def fresh_or_resumed(args, device):
     return state, g, ckpt["step"], ckpt["history"]
 
 
-def load_run(run_dir, device="cpu"):
-    """(args, encoder, channel, history) of a run folder written by train.py, weights frozen."""
-    path = os.path.join(run_dir, "checkpoint.pt")
+def load_run(run_dir, device="cpu", name="checkpoint.pt"):
+    """(args, encoder, channel, history) of a run folder written by train.py, weights frozen; of
+    its snapshot at step S with name snapshots/S.pt."""
+    path = os.path.join(run_dir, name)
     if not os.path.exists(path):
-        sys.exit(f"probe.py: error: {run_dir} holds no checkpoint.pt: is it a run of train.py?")
+        sys.exit(f"probe.py: error: {run_dir} holds no {name}: is it a run of train.py?")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     args = argparse.Namespace(**{"precision": "float32", **ckpt["args"]})  # float32 before it
     encoder, channel = Encoder(args.dim).to(device), Channel().to(device)

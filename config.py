@@ -30,6 +30,8 @@ def parse_args(argv):
     add("--entropy-weight", type=float, default=0.5, help="lambda, weight of H(T|X)")
     add("--lr", type=float, default=1e-3, help="Adam learning rate of theta and eta")
     add("--channel-warmup", type=int, default=250, help="steps of eta's rate rising to --lr")
+    add("--schedule", choices=["constant", "cosine"], default="constant",
+        help="both rates: --lr throughout, or a cosine from --lr to 0 over --steps")
     add("--samples", type=int, default=0,
         help="m of the poster's Algorithm 1: crops drawn per image (0: the exact sum over all K)")
     add("--dim", type=int, default=50, help="d, dimension of the representation z = f(h)")
@@ -40,6 +42,8 @@ def parse_args(argv):
     add("--out", help="run folder (default runs/METHOD-DATASET-sSEED)")
     add("--minutes", type=float, help="wall-clock budget of the training loop")
     add("--save-every", type=int, default=100, help="steps between checkpoints")
+    add("--snapshot-every", type=int,
+        help="steps between copies of the networks kept in snapshots/ (compare.py collapse)")
     add("--log-every", type=int, default=10, help="steps between progress lines and checks")
     add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add("--no-probe", action="store_true", help="skip the linear probe after training")
@@ -51,13 +55,15 @@ def parse_args(argv):
 def check_args(p, args):
     """Refuse, in one line, numbers no run can use; then fill in the defaults of --dataset."""
     for name in ("steps", "batch_size", "canvas", "beta", "lr", "dim", "save_every", "log_every",
-                 "minutes", "entropy_weight", "channel_warmup", "samples"):
+                 "minutes", "entropy_weight", "channel_warmup", "samples", "snapshot_every"):
         value, flag = getattr(args, name), "--" + name.replace("_", "-")
         zero_allowed = name in ("entropy_weight", "samples")
         if value is not None and not math.isfinite(value):
             p.error(f"{flag} must be finite, got {value}")
         if value is not None and (value < 0 or value == 0 and not zero_allowed):
             p.error(f"{flag} must be {'non-negative' if zero_allowed else 'positive'}, got {value}")
+    if args.schedule == "cosine" and args.minutes:
+        p.error("--schedule cosine decays over --steps: it cannot follow a --minutes budget")
     if args.samples and args.method != "ours":
         p.error("--samples: SimCLR draws its two views already; the flag is for --method ours")
     # steps, B, C by dataset; Regional's B 32 for 3,000 steps was chosen on validation (NOTES.md)

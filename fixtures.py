@@ -32,7 +32,8 @@ BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
     (["--batch-size", "0"], "--batch-size must be positive"), (["--canvas", "0"], "be positive"),
     (["--data-dir", "CORRUPT"], "gz: truncated"), (["--samples", "65"], "exceeds the 64 crops"),
     (["--samples", "-1"], "--samples must be non-negative"),
-    (["--method", "simclr", "--samples", "2"], "the flag is for --method ours")]
+    (["--method", "simclr", "--samples", "2"], "the flag is for --method ours"),
+    (["--schedule", "cosine", "--minutes", "1"], "cannot follow a --minutes budget")]
 
 
 def random_inputs(B=3, K=4, d=5, seed=0, peak=1.0):

@@ -133,6 +133,9 @@ def test_same_seed_same_run_and_resume_or_interrupt_is_bit_identical(tmp_path, m
         assert other["history"] == straight["history"] and other["step"] == 20
         for net in ("encoder", "channel"):
             assert all(torch.equal(w, other[net][k]) for k, w in straight[net].items())
+    run(tmp_path, "cosine", "--steps", "4", *quick, "--schedule", "cosine")
+    rate = load(tmp_path, "cosine")["opt_theta"]["param_groups"][0]["lr"]  # that of step 4
+    assert rate == pytest.approx(1e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)  # and not --lr
     args_json = (tmp_path / "straight" / "args.json").read_text()
     with pytest.raises(SystemExit, match="beta=5.0, not 7.0"):  # of another configuration
         run(tmp_path, "straight", "--steps", "30", *quick, "--beta", "7", "--resume")

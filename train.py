@@ -9,6 +9,7 @@ The flags are in config.py; `torchrun --nproc_per_node N train.py` runs N proces
 B / N images of every batch (distributed.py: in one process, gather is the identity).
 Shapes: B batch, b images of this process, C canvas side, K crops, d embedding.
 """
+import math
 import os
 import signal
 import sys
@@ -19,7 +20,8 @@ import torch
 import distributed
 import probe
 from channel import crops_at, entropy, grid_offsets
-from checkpoint import fresh_or_resumed, save_json, save_run, stop_if_not_finite
+from checkpoint import (fresh_or_resumed, save_json, save_run, save_snapshot,
+                        stop_if_not_finite)
 from config import parse_args
 from distributed import any_rank, gather, sum_gradients, total
 from data import load_canvases
@@ -73,6 +75,13 @@ def simclr_step(args, encoder, opt_theta, xb, grid, g):
     return {"loss": loss.detach()}
 
 
+def decay(args, step):
+    """The factor of --lr at step: 1 (--schedule constant), or a cosine from 1 to 0 over --steps."""
+    if args.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * step / args.steps))
+
+
 def setup(args, device, main_process):
     """The train canvases, the crop grid, and the networks, optimizers and generator."""
     try:  # bad data is refused before anything is written
@@ -106,10 +115,14 @@ def main(argv=None):
     ctrl_c = out_of_time = False
     try:
         while step < args.steps and not out_of_time:
+            if args.snapshot_every and step % args.snapshot_every == 0:  # before the step: 0 too
+                save_snapshot(args, state, step, history)
             idx = torch.randint(len(x), (args.batch_size,), generator=g, device=device)  # (B,)
             xb = x[idx[distributed.mine(args.batch_size)]].float() / 255  # (b, 1, C, C)
+            rate = args.lr * decay(args, step)
+            opt_theta.param_groups[0]["lr"] = rate
             if args.method == "ours":
-                opt_eta.param_groups[0]["lr"] = args.lr * min(1.0, (step + 1) / args.channel_warmup)
+                opt_eta.param_groups[0]["lr"] = rate * min(1.0, (step + 1) / args.channel_warmup)
                 shown = alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g)
             else:
                 shown = simclr_step(args, encoder, opt_theta, xb, grid, g)
