@@ -139,8 +139,9 @@ def main(argv=None):
                 ctrl_c, out_of_time = any_rank([bool(interrupted), late], device)
             if ctrl_c:
                 save_run(args, state, g, step, history)
-                sys.exit(f"\ninterrupted: checkpoint of step {step} saved in {args.out}; "
-                         "continue with --resume")
+                message = (f"\ninterrupted: checkpoint of step {step} saved in {args.out}; "
+                           "continue with --resume")
+                sys.exit(message if main_process else 1)  # one line, not one per process
             if step % args.save_every == 0:
                 save_run(args, state, g, step, history)
     finally:
