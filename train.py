@@ -38,8 +38,9 @@ def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
     process encodes its own images xb, the rows `mine` of the batch, and sums their rows of (2)."""
     m = args.samples
     with autocast(xb.device, args.precision):
-        logp = gather(channel(xb))  # (B, K); eta does not move in (a), so (b) reuses this pass
-        mine = distributed.mine(len(logp))  # this process's images: all B in one process
+        logp_mine = channel(xb)  # (b, K); eta does not move in (a), so (b) reuses this pass
+        logp = gather(logp_mine)  # (B, K) every process's
+        mine, share = distributed.mine(len(logp)), len(xb) / len(logp)  # all, 1 in one process
         c, logw = draw_from_channel(logp.detach(), m, g) if m else (None, logp.detach())  # (B, m|K)
         z = gather(views(encoder, xb, grid, c, mine))  # (B, m or K, d)
     mi = exact_mi(z, logw, args.beta, mine)
@@ -50,12 +51,12 @@ def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
     c, logw = draw_uniform(logp, m, g) if m else (None, logp)  # logw differentiable in eta
     with torch.no_grad(), autocast(xb.device, args.precision):
         z = gather(views(encoder, xb, grid, c, mine))  # the updated encoder's, no gradient
-    H = entropy(logp[mine]) * (len(xb) / len(logp))  # exact over the K logits; our share
+    H = entropy(logp_mine)  # exact over the K logits, a mean over our images: share of H(T|X)
     opt_eta.zero_grad(set_to_none=True)
-    (-(exact_mi(z, logw, args.beta, mine) + args.entropy_weight * H)).backward()
+    (-(exact_mi(z, logw, args.beta, mine) + args.entropy_weight * share * H)).backward()
     sum_gradients(channel)
     opt_eta.step()  # (b)
-    return {"MI": mi.detach(), "H": H.detach()}
+    return {"MI": mi.detach(), "H": H.detach() * share}
 
 
 def simclr_step(args, encoder, opt_theta, xb, grid, g):
