@@ -74,7 +74,7 @@ def sampled_vs_exact(run_dirs, path):
     table(groups, ["canvas", "m (0: exact)", "at the exact sum's time"])
     canvases = sorted({canvas for canvas, _, _ in groups})
     panels = [(canvases[0], "h"), (canvases[0], "f")] + [(c, "h") for c in canvases[1:]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     for (canvas, m, minutes), runs in groups.items():
         label = ("exact sum" if m == 0 else f"m = {m}") + (", exact's time" if minutes else "")
         seconds = np.array([metrics["train_seconds"] for _, metrics in runs])  # (runs,)
@@ -92,9 +92,13 @@ def sampled_vs_exact(run_dirs, path):
                         mfc="white" if minutes else color)
     for ax, (canvas, k) in zip(axes, panels):
         output = "encoder h" if k == "h" else "projection head f"
-        ax.set(xlabel="training seconds", title=f"canvas {canvas}",
-               ylabel=f"validation accuracy, {output} (grid)")
+        steps = {args["steps"] for (c, _, timed), runs in groups.items() for args, _ in runs
+                 if c == canvas and not timed}
+        K = ((canvas - 28) // 4 + 1) ** 2  # the grid's crops
+        ax.set(xlabel="training seconds", ylabel=f"validation accuracy, {output} (grid)",
+               title=f"canvas {canvas} (K = {K}), {', '.join(map(str, steps))} steps")
         ax.legend(fontsize=7)
+    fig.subplots_adjust(wspace=0.3)
     fig.suptitle("The exact sum over the crop grid against the poster's m crops drawn per image")
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
