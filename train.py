@@ -23,8 +23,8 @@ from channel import crops_at, entropy, grid_offsets
 from checkpoint import (fresh_or_resumed, save_json, save_run, save_snapshot,
                         stop_if_not_finite)
 from config import parse_args
-from distributed import any_rank, gather, sum_gradients, total
 from data import load_canvases
+from distributed import any_rank, gather, sum_gradients, total
 from model import autocast, resolve_precision
 from objective import exact_mi, nt_xent
 from sampling import draw_from_channel, draw_uniform, views
@@ -40,7 +40,8 @@ def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
     with autocast(xb.device, args.precision):
         logp_mine = channel(xb)  # (b, K); eta does not move in (a), so (b) reuses this pass
         logp = gather(logp_mine)  # (B, K) every process's
-        mine, share = distributed.mine(len(logp)), len(xb) / len(logp)  # all, 1 in one process
+        mine = distributed.mine(len(logp))  # the rows of our images: all B in one process
+        share = len(xb) / len(logp)  # of the batch's images: 1 in one process
         c, logw = draw_from_channel(logp.detach(), m, g) if m else (None, logp.detach())  # (B, m|K)
         z = gather(views(encoder, xb, grid, c, mine))  # (B, m or K, d)
     mi = exact_mi(z, logw, args.beta, mine)
@@ -132,7 +133,9 @@ def main(argv=None):
             if logged:  # the loop's only host syncs
                 shown = total(shown)  # the processes' shares, summed
                 stop_if_not_finite(step - 1, shown.values(), args.out, "objective is")
-                history.append({"step": step, **{k: v.item() for k, v in shown.items()}})
+                history.append({"step": step})
+                for name, value in shown.items():
+                    history[-1][name] = value.item()
                 if main_process:
                     progress(args, history[-1], start, time.perf_counter() - t0, budget)
             if logged or distributed.world_size() == 1:  # processes agree where they sync
