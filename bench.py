@@ -46,7 +46,8 @@ else:  # VmHWM: this process's own peak; ru_maxrss also counts bench.py's, kept 
 
 
 def training_steps(method, batch, canvas=56, repeats=1, device="cpu"):
-    """Training steps of method on one batch of random canvases, fresh networks."""
+    """(encoder, channel) after training steps of method on one batch of random canvases, from
+    fresh networks."""
     args = config.parse_args(["--method", method, "--batch-size", str(batch)])
     args.precision = resolve_precision(args.precision, torch.device(device))  # as train.main
     torch.manual_seed(0)
@@ -56,9 +57,10 @@ def training_steps(method, batch, canvas=56, repeats=1, device="cpu"):
     grid, g = grid_offsets(canvas).to(device), torch.Generator(device)
     for _ in range(repeats):
         if method == "ours":
-            train.alternating_step(args, encoder, channel, *opts, x)
+            train.alternating_step(args, encoder, channel, *opts, x, grid, g)
         else:
             train.simclr_step(args, encoder, opts[0], x, grid, g)
+    return encoder, channel
 
 
 def synchronize(device):

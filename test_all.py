@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench
 import model
 import objective
 import probe
@@ -170,3 +171,17 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, message):
 def test_cuda_smoke(tmp_path):
     run(tmp_path, "run", "--steps", "3", "--device", "cuda")  # the last --device counts
     assert json.load(open(tmp_path / "run" / "metrics.json"))["device"].startswith("cuda")
+
+
+@pytest.mark.parametrize("method", ["ours", "simclr"])
+def test_bench_times_the_steps_train_py_takes(method):
+    torch.manual_seed(0)  # as bench.training_steps, before it builds its networks
+    fresh = [model.Encoder(), Channel()]
+    trained = bench.training_steps(method, 4, canvas=32, repeats=2)  # (encoder, channel)
+    moved = [[not torch.equal(a, b) for a, b in zip(f.parameters(), t.parameters())]
+             for f, t in zip(fresh, trained)]
+    assert all(moved[0])  # every encoder tensor trained
+    if method == "ours":  # the channel's first layer moves from the second step, once the
+        assert all(moved[1])  # zeroed last layer has moved
+    else:
+        assert not any(moved[1])  # simclr does not train the channel
