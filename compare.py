@@ -131,8 +131,9 @@ def over_training(run_dir):
 
 def collapse(run_dirs, path):
     """Grid h and f of the small probe, the codes' spread and exact MI against training steps:
-    a thin line per run, a thick one per method (their mean). over_training's rows are kept in
-    each run's collapse.json and read from there when drawn again."""
+    a thin line per run, a thick one per method and batch size (their mean), and the table of
+    those means. over_training's rows are kept in each run's collapse.json and read from there
+    when drawn again."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -140,19 +141,26 @@ def collapse(run_dirs, path):
     for run_dir in run_dirs:
         if not os.path.exists(os.path.join(run_dir, "collapse.json")):
             save_json(os.path.join(run_dir, "collapse.json"), over_training(run_dir))
-        method = read(run_dir, "args.json")["method"]
-        series.setdefault(method, []).append(read(run_dir, "collapse.json"))
+        args = read(run_dir, "args.json")
+        key = f"{args['method']}, B {args['batch_size']}"
+        series.setdefault(key, []).append(read(run_dir, "collapse.json"))
     panels = {"h": "grid h, encoder", "f": "grid f, projection head", "mi": "exact MI (nats)",
               "feature_std": "spread of the codes (feature std)"}
+    print("| run | runs | step | " + " | ".join(panels) + " |\n" + "|---" * (3 + len(panels)) + "|")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
-    for color, (method, runs) in zip(("C0", "C3"), sorted(series.items())):
+    for i, (key, runs) in enumerate(sorted(series.items())):
         steps = [row["step"] for row in runs[0]]
-        for ax, key in zip(axes, panels):
-            values = np.array([[row[key] for row in rows] for rows in runs])  # (runs, steps)
-            for run in values:
-                ax.plot(steps, run, color=color, alpha=0.3, lw=0.8)
-            ax.plot(steps, values.mean(0), color=color, lw=2, label=f"{method} ({len(runs)} runs)")
-    for ax, (key, title) in zip(axes, panels.items()):
+        values = {name: np.array([[row[name] for row in rows] for rows in runs])  # (runs, steps)
+                  for name in panels}
+        for ax, name in zip(axes, panels):
+            for run in values[name]:
+                ax.plot(steps, run, color=f"C{i}", alpha=0.3, lw=0.8)
+            label = f"{key} ({len(runs)} runs)"
+            ax.plot(steps, values[name].mean(0), color=f"C{i}", lw=2, label=label)
+        for j, step in enumerate(steps):
+            cells = [mean_sd(list(values[name][:, j])) for name in panels]
+            print(f"| {key} | {len(runs)} | {step} | " + " | ".join(cells) + " |")
+    for ax, (name, title) in zip(axes, panels.items()):
         ax.set(xlabel="training step", title=title)
         ax.legend(fontsize=7)
     axes[-1].axhline(50 ** -0.5, color="gray", ls=":", lw=1)  # uniform codes, the default d = 50
