@@ -38,8 +38,9 @@ if sys.argv[3] == "cuda":  # the GPU's peak
     print(torch.cuda.max_memory_allocated() / 2**30)
 else:  # VmHWM: this process's own peak; ru_maxrss also counts bench.py's, kept across the fork
     try:
-        print(next(int(line.split()[1]) for line in open("/proc/self/status")
-                   if line.startswith("VmHWM")) / 2**20)  # KiB -> GiB
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                print(int(line.split()[1]) / 2**20)  # KiB -> GiB
     except OSError:  # no /proc (not Linux)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
@@ -54,7 +55,8 @@ def training_steps(method, batch, canvas=56, repeats=1, device="cpu"):
     encoder, channel = Encoder().to(device), Channel().to(device)
     opts = [torch.optim.Adam(net.parameters()) for net in (encoder, channel)]
     x = torch.rand(batch, 1, canvas, canvas, device=device)  # (B, 1, C, C)
-    grid, g = grid_offsets(canvas).to(device), torch.Generator(device)
+    grid = grid_offsets(canvas).to(device)  # (K, 2)
+    g = torch.Generator(device)
     for _ in range(repeats):
         if method == "ours":
             train.alternating_step(args, encoder, channel, *opts, x, grid, g)
@@ -82,7 +84,8 @@ def timed(f, repeats=5, device="cpu"):
 
 def matmul_peak(device, dtype=torch.float32, n=2048):
     """FLOP/s of an n x n matrix multiply in dtype, the machine's practical peak."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm up
     return 2 * n**3 / timed(lambda: a @ b, repeats=10, device=device)
 
@@ -124,7 +127,8 @@ def crops_per_second(canvas, batch, device):
     """(one pass over the canvases, every crop encoded on its own) in crops/s, medians."""
     torch.manual_seed(0)
     encoder = Encoder().to(device)
-    x, offsets = torch.rand(batch, 1, canvas, canvas, device=device), grid_offsets(canvas)
+    x = torch.rand(batch, 1, canvas, canvas, device=device)  # (B, 1, C, C)
+    offsets = grid_offsets(canvas)  # (K, 2)
     crops = crops_at(x, offsets.expand(batch, -1, -1)).flatten(0, 1)[:, None]  # (B K, 1, 28, 28)
     n = batch * len(offsets)
     one_pass = n / timed(lambda: encoder(x), device=device)
@@ -155,14 +159,15 @@ def main(argv=None):
                 rates[method].append(images_per_second(method, a.batch_size, a.steps, out, device))
     peaks = {dtype: matmul_peak(device, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
     precision = resolve_precision("auto", torch.device(device))  # of the networks, as train.py
+    network_peak = peaks["bfloat16"] if precision == "bf16" else peaks["float32"]
     print("matrix-multiply peak (2048 x 2048, median of 10): " + ", ".join(
         f"{dtype} {peak / 1e9:.1f} GFLOP/s" for dtype, peak in peaks.items()))
     print(f"the networks run in {precision}, the objective in float32")
     for method, values in rates.items():
         rate = statistics.median(values)
         flops, objective = step_flops(method, a.batch_size)
-        ideal = (objective / peaks["float32"]  # seconds per image at the peaks
-                 + (flops - objective) / peaks["bfloat16" if precision == "bf16" else "float32"])
+        # seconds per image at the peaks: the objective in float32, the networks in their precision
+        ideal = objective / peaks["float32"] + (flops - objective) / network_peak
         print(f"{method:>6}: {rate:7.0f} images/s (median of {len(values)} runs of {a.steps} "
               f"steps at B={a.batch_size}: {', '.join(f'{v:.0f}' for v in values)})")
         print(f"        {flops / 1e6:.1f} MFLOP per image per step, forward and backward, "

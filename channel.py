@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CROP, STRIDE = 28, 4
+CROP = 28  # side of a crop t_k: an MNIST digit's
+STRIDE = 4  # between neighbouring crops: a multiple of the encoder's total stride
 
 
 def check_canvas(canvas, crop=CROP, stride=STRIDE):

@@ -28,7 +28,8 @@ def save_json(path, obj):
 
 def save_checkpoint(path, state, **extra):
     """state: {name: object with state_dict()}; extra: plain values (step, history, ...)."""
-    ckpt = {**{name: obj.state_dict() for name, obj in state.items()}, **extra}
+    ckpt = {name: obj.state_dict() for name, obj in state.items()}
+    ckpt.update(extra)
     write_atomic(path, lambda fh: torch.save(ckpt, fh))
 
 
@@ -53,9 +54,10 @@ def save_snapshot(args, state, step, history):
 
 def stop_if_not_finite(step, values, out, what):
     """Exit in one line if a value is NaN or infinite, before it reaches a checkpoint."""
-    if not all(torch.isfinite(v).all() for v in values):
-        sys.exit(f"\ntrain.py: error: step {step}: the {what} not finite; "
-                 f"the last good checkpoint stays in {out}")
+    for v in values:
+        if not torch.isfinite(v).all():
+            sys.exit(f"\ntrain.py: error: step {step}: the {what} not finite; "
+                     f"the last good checkpoint stays in {out}")
 
 
 def load_checkpoint(args, device):
@@ -67,8 +69,9 @@ def load_checkpoint(args, device):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
-    older = {"samples": 0, "world_size": 1, "schedule": "constant"}  # runs from before the flags
-    saved = {**older, **ckpt["args"], "device": ckpt["device"]}
+    # a checkpoint may lack these flags: its run ran with these values
+    absent = {"samples": 0, "world_size": 1, "schedule": "constant"}
+    saved = {**absent, **ckpt["args"], "device": ckpt["device"]}
     wanted = {**vars(args), "device": device.type}  # CPU and CUDA generators differ in state
     same = [*SAME_CONFIG, "device"]
     if args.schedule == "cosine":  # its rates depend on the run's length too
@@ -106,7 +109,8 @@ def load_run(run_dir, device="cpu", name="checkpoint.pt"):
     if not os.path.exists(path):
         sys.exit(f"probe.py: error: {run_dir} holds no {name}: is it a run of train.py?")
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    args = argparse.Namespace(**{"precision": "float32", **ckpt["args"]})  # float32 before it
+    saved = {"precision": "float32", **ckpt["args"]}  # a run naming no precision ran in float32
+    args = argparse.Namespace(**saved)
     encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
     try:
         encoder.load_state_dict(ckpt["encoder"])
@@ -114,5 +118,6 @@ def load_run(run_dir, device="cpu", name="checkpoint.pt"):
     except RuntimeError as e:  # e.g. a run of an encoder of another width
         last = str(e).splitlines()[-1].strip()
         sys.exit(f"probe.py: error: {run_dir}: the weights do not fit this model.py: {last}")
-    encoder, channel = encoder.eval().requires_grad_(False), channel.eval().requires_grad_(False)
+    for net in (encoder, channel):
+        net.eval().requires_grad_(False)
     return args, encoder, channel, ckpt["history"]

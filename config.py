@@ -11,6 +11,9 @@ import torch
 from channel import check_canvas, grid_offsets
 from data import check_memory
 
+# (steps, B, C) of each --dataset; Regional's B 32 for 3,000 steps was chosen on validation
+DEFAULTS = {"regional": (3000, 32, 56), "mnist": (1000, 64, 36)}
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line naming the problem, no usage dump, no traceback
@@ -56,20 +59,27 @@ def check_args(p, args):
     """Refuse, in one line, numbers no run can use; then fill in the defaults of --dataset."""
     for name in ("steps", "batch_size", "canvas", "beta", "lr", "dim", "save_every", "log_every",
                  "minutes", "entropy_weight", "channel_warmup", "samples", "snapshot_every"):
-        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        value = getattr(args, name)
+        flag = "--" + name.replace("_", "-")
         zero_allowed = name in ("entropy_weight", "samples")
-        if value is not None and not math.isfinite(value):
+        if value is None:  # not given: the default of --dataset (below), or none
+            continue
+        if not math.isfinite(value):
             p.error(f"{flag} must be finite, got {value}")
-        if value is not None and (value < 0 or value == 0 and not zero_allowed):
-            p.error(f"{flag} must be {'non-negative' if zero_allowed else 'positive'}, got {value}")
+        if zero_allowed and value < 0:
+            p.error(f"{flag} must be non-negative, got {value}")
+        if not zero_allowed and value <= 0:
+            p.error(f"{flag} must be positive, got {value}")
     if args.schedule == "cosine" and args.minutes:
         p.error("--schedule cosine decays over --steps: it cannot follow a --minutes budget")
     if args.samples and args.method != "ours":
         p.error("--samples: SimCLR draws its two views already; the flag is for --method ours")
-    # steps, B, C by dataset; Regional's B 32 for 3,000 steps was chosen on validation (NOTES.md)
-    steps, B, C = {"regional": (3000, 32, 56), "mnist": (1000, 64, 36)}[args.dataset]
-    args.steps = args.steps or (10**9 if args.minutes else steps)  # 0 refused above, as B and C
-    args.batch_size, args.canvas = args.batch_size or B, args.canvas or C
+    steps, B, C = DEFAULTS[args.dataset]
+    if args.minutes:
+        steps = 10**9  # the --minutes budget ends the run
+    args.steps = args.steps or steps  # a 0 was refused above, as for B and C
+    args.batch_size = args.batch_size or B
+    args.canvas = args.canvas or C
     name = f"{args.method}-m{args.samples}" if args.samples else args.method
     args.out = args.out or f"runs/{name}-{args.dataset}-s{args.seed}"
     args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from any folder
@@ -84,6 +94,7 @@ def check_args(p, args):
         check_memory(args.canvas, args.batch_size, args.device)
     except ValueError as e:
         p.error(f"--canvas {args.canvas}: {e}")
-    if args.samples > len(grid_offsets(args.canvas)):  # (b) draws without replacement
-        p.error(f"--samples {args.samples} exceeds the {len(grid_offsets(args.canvas))} crops "
-                f"of the grid on --canvas {args.canvas}")
+    K = len(grid_offsets(args.canvas))
+    if args.samples > K:  # (b) draws without replacement
+        p.error(f"--samples {args.samples} exceeds the {K} crops of the grid on --canvas "
+                f"{args.canvas}")

@@ -43,8 +43,9 @@ def write_atomic(path, write):
 
 def read_idx(path):
     """An IDX file of unsigned bytes (gzipped or not) as a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as fh:
+        with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as e:  # a bad or truncated gzip stream
         raise ValueError(f"{path}: corrupt IDX file ({e})") from None
@@ -63,7 +64,8 @@ def read_idx(path):
 def download(url, path, md5, timeout=10.0):
     """Fetch url into path atomically, with progress; refuse a file whose MD5 differs."""
     def write(fh):
-        digest, done = hashlib.md5(), 0
+        digest = hashlib.md5()
+        done = 0  # bytes so far
         with urllib.request.urlopen(url, timeout=timeout) as r:
             total = int(r.headers.get("Content-Length") or 0)
             while chunk := r.read(1 << 16):
@@ -85,7 +87,8 @@ def _find_or_fetch(data_dir, stem, md5, mirrors, timeout):
     for name in (stem + ".gz", stem):
         if os.path.exists(os.path.join(data_dir, name)):
             return os.path.join(data_dir, name), None
-    path, error = os.path.join(data_dir, stem + ".gz"), OSError("no mirror given")
+    path = os.path.join(data_dir, stem + ".gz")
+    error = OSError("no mirror given")  # the reason returned where mirrors is empty
     for mirror in mirrors:
         try:
             os.makedirs(data_dir, exist_ok=True)
@@ -109,7 +112,8 @@ def load_mnist(data_dir, split, mirrors=MIRRORS, timeout=10.0):
             raise ValueError(f"{FILES[split, kind][0]} is not in {data_dir} and could not be "
                              f"downloaded ({error}): put the four MNIST IDX files there")
         paths.append(path)
-    images, labels = (read_idx(p) for p in paths)
+    images = read_idx(paths[0])
+    labels = read_idx(paths[1])
     if images.ndim != 3 or images.shape[1:] != (DIGIT, DIGIT):
         raise ValueError(f"{paths[0]}: expected (N, 28, 28) images, found {images.shape}")
     if labels.shape != images.shape[:1] or labels.max(initial=0) > 9:
@@ -161,5 +165,7 @@ def load_canvases(data_dir, split, dataset, canvas, seed):
     The test split's offsets are drawn from seed + 1, so they differ from train's.
     """
     images, labels = load_mnist(data_dir, split)
-    x, offsets = make_canvases(images, dataset, canvas, seed + (split == "test"))
+    if split == "test":
+        seed += 1
+    x, offsets = make_canvases(images, dataset, canvas, seed)
     return x, labels, offsets

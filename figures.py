@@ -20,8 +20,10 @@ def codes(encoder, channel, x):
     """Canvases x (n, 1, C, C) uint8 -> (x in [0, 1], logp (n, K), z (n, K, d), the code: z
     averaged under P(T|X) and normalized (n, d))."""
     xb = x.float() / 255  # (n, 1, C, C)
-    logp, z = channel(xb), encoder(xb)[1]  # (n, K), (n, K, d)
-    return xb, logp, z, F.normalize((logp.exp()[:, :, None] * z).sum(1), dim=-1)
+    logp = channel(xb)  # (n, K)
+    z = encoder(xb)[1]  # (n, K, d)
+    code = F.normalize((logp.exp()[:, :, None] * z).sum(1), dim=-1)  # (n, d)
+    return xb, logp, z, code
 
 
 @torch.no_grad()
@@ -30,7 +32,9 @@ def diagnostics(args, encoder, channel, x, batch=64):
     xb, logp, z, code = codes(encoder, channel, x)
     g = torch.Generator(xb.device).manual_seed(args.seed)
     k = torch.multinomial(logp.exp(), 2, replacement=True, generator=g)  # (n, 2) crops from P
-    z1, z2 = (z[torch.arange(len(z)), k[:, i]] for i in (0, 1))  # (n, d) each
+    image = torch.arange(len(z))  # (n,)
+    z1 = z[image, k[:, 0]]  # (n, d) the first crop's code
+    z2 = z[image, k[:, 1]]  # (n, d) the second's
     return {"mi": exact_mi(z[:batch], logp[:batch], args.beta).item(),
             "entropy": entropy(logp).item(),
             "digit_coverage": digit_coverage(logp, xb).item(),  # E_P of the digit's share in t
@@ -45,9 +49,12 @@ def draw(run_dir, args, encoder, channel, x, y, history, accuracy):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     xb, logp, _, code = codes(encoder, channel, x)
-    p, code = logp.exp(), code.cpu().numpy()  # (n, K), (n, d)
+    p = logp.exp()  # (n, K)
     H = torch.special.entr(p).sum(1).cpu().numpy()  # (n,) H(T|x) per canvas
-    p, images, y = p.cpu().numpy(), xb[:, 0].cpu().numpy(), np.asarray(y)[:len(xb)]
+    p = p.cpu().numpy()
+    code = code.cpu().numpy()  # (n, d)
+    images = xb[:, 0].cpu().numpy()  # (n, C, C)
+    y = np.asarray(y)[:len(xb)]  # (n,)
     order = y[:200].argsort()
     fig, ax = plt.subplots(figsize=(5, 4.4))
     im = ax.imshow(code[order] @ code[order].T, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -55,9 +62,10 @@ def draw(run_dir, args, encoder, channel, x, y, history, accuracy):
            xticks=[], yticks=[])
     fig.colorbar(im, ax=ax, shrink=0.8)
     save(fig, run_dir, "similarity.png")
-    G, C = int(len(p[0]) ** 0.5), args.canvas
+    G = int(len(p[0]) ** 0.5)  # crops per side
+    C = args.canvas
     fig, axes = plt.subplots(1, 6, figsize=(13, 2.6))
-    for i, ax in enumerate(axes):  # crop centres run from 14 to C - 14 px
+    for i, ax in enumerate(axes):  # G x G cells 4 px wide, centred on crop centres 14 .. C - 14
         ax.imshow(images[i], cmap="gray", extent=(0, C, C, 0))
         ax.imshow(p[i].reshape(G, G), cmap="magma", alpha=0.55, extent=(12, C - 12, C - 12, 12))
         ax.set(title=f"digit {y[i]}, H={H[i]:.1f} nats", xticks=[], yticks=[], xlim=(0, C),

@@ -45,20 +45,31 @@ def random_inputs(B=3, K=4, d=5, seed=0, peak=1.0):
 
 def mi_loop(z, logp, beta, jensen=False):
     """Equation (2) on the grid, one (i, k) at a time in numpy float64."""
-    (B, K, _), z, p, total = z.shape, z.numpy(), logp.exp().numpy(), 0.0
+    B, K, _ = z.shape
+    z = z.numpy()  # (B, K, d)
+    p = logp.exp().numpy()  # (B, K)
+    total = 0.0
     for i, k in np.ndindex(B, K):
         s = beta * z @ z[i, k]  # (B, K) s[i,k,j,l]
-        num = p[i] @ s[i] if jensen else math.log(p[i] @ np.exp(s[i]))
+        if jensen:  # the SimCLR bound's num: sum_l p[i,l] s[i,k,i,l]
+            num = p[i] @ s[i]
+        else:
+            num = math.log(p[i] @ np.exp(s[i]))
         total += p[i, k] * (num - math.log((p * np.exp(s)).sum() / B))
     return total / B
 
 
 def two_view_loops(z1, z2, beta):
     """(NT-Xent, alignment, uniformity) of two views z1, z2 (B, d), pair by pair in numpy."""
-    B, v = len(z1), np.concatenate([z1, z2])  # (2B, d)
-    dot, dist2 = v @ v.T, ((v[:, None] - v[None]) ** 2).sum(-1)  # (2B, 2B)
-    loss = np.mean([math.log(sum(math.exp(beta * dot[a, b]) for b in range(2 * B) if b != a))
-                    - beta * dot[a, (a + B) % (2 * B)] for a in range(2 * B)])
+    B = len(z1)
+    v = np.concatenate([z1, z2])  # (2B, d)
+    dot = v @ v.T  # (2B, 2B)
+    dist2 = ((v[:, None] - v[None]) ** 2).sum(-1)  # (2B, 2B)
+    losses = []
+    for a in range(2 * B):  # anchor a; its other view is (a + B) mod 2B
+        others = sum(math.exp(beta * dot[a, b]) for b in range(2 * B) if b != a)
+        losses.append(math.log(others) - beta * dot[a, (a + B) % (2 * B)])
+    loss = np.mean(losses)
     pairs = [math.exp(-2 * dist2[a, b]) for a in range(2 * B) for b in range(2 * B) if a != b]
     return loss, np.diag(dist2, B).mean(), math.log(np.mean(pairs))
 
@@ -74,7 +85,8 @@ def topn_loop(p, n):
 def write_idx(path, array):
     """An IDX writer independent of data.read_idx: magic, big-endian dimensions, bytes."""
     raw = struct.pack(">4B", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as fh:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as fh:
         fh.write(raw + array.astype(np.uint8).tobytes())
 
 
@@ -84,7 +96,8 @@ def fake_mnist(folder, n_train=96, n_test=48):
     rng = np.random.default_rng(0)
     os.makedirs(folder, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels, images = rng.integers(0, 10, n), np.zeros((n, 28, 28), np.uint8)
+        labels = rng.integers(0, 10, n)
+        images = np.zeros((n, 28, 28), np.uint8)
         images[:, 8:20, 8:20] = rng.integers(0, 128, (n, 12, 12))
         images[np.arange(n), 9 + labels, 8:20] = 255
         write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images)
@@ -115,7 +128,8 @@ def one_step(x, flags, peaked=False):
     if peaked:
         torch.nn.init.normal_(channel.net[-1].weight)  # leave the uniform start
     rate_0 = [torch.optim.SGD(net.parameters(), lr=0.0) for net in (encoder, channel)]
-    grid, g = grid_offsets(x.shape[-1]), torch.Generator().manual_seed(0)
+    grid = grid_offsets(x.shape[-1])
+    g = torch.Generator().manual_seed(0)
     mi = train.alternating_step(args, encoder, channel, *rate_0, x, grid, g)["MI"]
     grads = {"encoder": [w.grad for w in encoder.parameters()],
              "channel": [w.grad for w in channel.parameters()]}
@@ -124,7 +138,8 @@ def one_step(x, flags, peaked=False):
 
 def call_at(monkeypatch, at, before=None, after=None):
     """Call before/after(encoder) around the training step number `at` (counting from 1)."""
-    step, calls = train.alternating_step, []
+    step = train.alternating_step
+    calls = []
 
     def patched(args, encoder, *rest):
         calls.append(1)

@@ -4,14 +4,14 @@ h is a CNN without padding whose total stride, 4, divides the crop grid's stride
 one pass over a whole canvas yields h of every grid crop at once, exactly equal to
 encoding each crop on its own (translation equivariance; PAPER.md, "Choices").
 Each max-pool comes before its ReLU: the same function (ReLU is monotone), on a quarter of
-the values. The weights are held channels-last, where a CPU max-pools 9x faster (NOTES.md).
+the values. The weights are held channels-last, where a CPU max-pools 9x faster.
 Shapes: B batch, C canvas side, G crops per side, K = G * G crops, d = dim of z.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FEATURES = 256  # PAPER.md chose 128; 256 reads higher on the validation split (NOTES.md)
+FEATURES = 256  # PAPER.md chose 128; 256 reads higher on the validation split
 
 
 class Encoder(nn.Module):

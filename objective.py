@@ -35,12 +35,15 @@ class _WeightedLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zf, logpf, w, beta, grad, first=0):
         # grad: torch.is_grad_enabled() at the call (needs_input_grad ignores torch.no_grad())
-        need_z, need_logp = (grad and need for need in ctx.needs_input_grad[:2])
+        need_z = grad and ctx.needs_input_grad[0]
+        need_logp = grad and ctx.needs_input_grad[1]
         chunk = max(1, CHUNK_ELEMENTS.get(zf.device.type, 2**20) // len(zf))  # rows per chunk
-        lse, grad_logp = torch.empty_like(w), torch.zeros_like(logpf)  # (n,), (N,)
+        lse = torch.empty_like(w)  # (n,)
+        grad_logp = torch.zeros_like(logpf)  # (N,)
         grad_z = torch.zeros_like(zf)  # (N, d)
         for i in range(0, len(w), chunk):
-            part, rows = slice(i, i + chunk), slice(first + i, first + min(i + chunk, len(w)))
+            part = slice(i, i + chunk)  # the chunk's entries of w and lse
+            rows = slice(first + i, first + min(i + chunk, len(w)))  # its rows of zf
             s = torch.addmm(logpf, zf[rows], zf.T, alpha=beta)  # (c, N) one chunk
             m = s.amax(1)  # (c,) the row's largest term: exp below cannot overflow
             e = s.sub_(m[:, None]).exp_()  # (c, N)
@@ -77,7 +80,9 @@ def _den(z, logp, beta, rows=slice(None)):
     values, never holding (N, N)."""
     B, K, d = z.shape
     p = logp.exp()  # (B, K)
-    zf, logpf, pf = z.reshape(B * K, d), logp.reshape(B * K), p[rows].reshape(-1)  # (N, d), (N,)
+    zf = z.reshape(B * K, d)  # (N, d)
+    logpf = logp.reshape(B * K)  # (N,)
+    pf = p[rows].reshape(-1)  # (n,) the weights of the rows' terms
     first = rows.indices(B)[0] * K  # the rows' first in zf
     U, lse = _WeightedLogSumExp.apply(zf, logpf, pf, beta, torch.is_grad_enabled(), first)
     return U - p[rows].sum() * math.log(B), lse.view(-1, K) - math.log(B)

@@ -15,7 +15,6 @@ fifth of the fitting images, never on the scored split; every fit reports whethe
 Development decisions use --val; the test split is read only for the reported table.
 """
 import argparse
-import io
 import json
 import os
 import sys
@@ -63,7 +62,8 @@ def features(encoder, channel, x, offsets, modes, topn, precision="float32", bat
             if mode == "oracle":
                 pairs = (("h", h_o[:, 0]), ("f", z_o[:, 0]))
             else:
-                w = (p if mode == "grid" else topn_weights(p, topn))[:, :, None]  # (B, K, 1)
+                w = p if mode == "grid" else topn_weights(p, topn)  # (B, K) weights of the crops
+                w = w[:, :, None]  # (B, K, 1)
                 pairs = (("h", (w * h).sum(1)), ("f", (w * z).sum(1)))
             for name, value in pairs:
                 out[mode][name].append(value.float().cpu().numpy())
@@ -74,7 +74,7 @@ def fit(x, y, C, seed, init=None):
     """Multinomial logistic regression, warm-started from init's solution if given.
 
     Newton-CG: on a collapsed SimCLR code the problem is ill-conditioned, and L-BFGS stops
-    unconverged after thousands of iterations where Newton-CG converges in tens (NOTES.md).
+    unconverged after thousands of iterations where Newton-CG converges in tens.
     """
     model = LogisticRegression(C=C, solver="newton-cg", max_iter=MAX_ITER, random_state=seed,
                                warm_start=True)
@@ -85,20 +85,20 @@ def fit(x, y, C, seed, init=None):
 
 def linear_probe(train_x, train_y, test_x, test_y, seed=0, standardize=False):
     """Accuracy on test of a fit on all of train, C chosen by fits on at most SELECT images of
-    train's first four fifths scored on its last fifth; with the C and the iterations used.
-
-    The features are centred and divided by one number (their root mean square), or by each
-    feature's own deviation if standardize: the first is the raw-feature problem exactly, C
-    rescaled (the intercept is not penalized), only better conditioned for the solver.
-    """
+    train's first four fifths scored on its last fifth; with the C and the iterations used."""
     cut = len(train_x) * 4 // 5
     if min(len(np.unique(train_y[:cut])), len(np.unique(train_y[cut:]))) < 2:
         sys.exit(f"probe.py: error: {len(train_x)} train images are too few: a part of them "
                  "holds one class")
     mean = train_x.mean(0)  # (D,)
-    scale = train_x.std(0) + 1e-12 if standardize else np.sqrt(((train_x - mean) ** 2).mean())
+    if standardize:
+        scale = train_x.std(0) + 1e-12  # (D,) each feature's own deviation
+    else:  # one number: the raw-feature problem exactly, C rescaled (the intercept is free)
+        scale = np.sqrt(((train_x - mean) ** 2).mean())  # their root mean square
     train_x, test_x = (train_x - mean) / scale, (test_x - mean) / scale
-    part, fits, grid = slice(0, min(cut, SELECT)), {}, list(CS)
+    part = slice(0, min(cut, SELECT))  # the images of the fits that choose C
+    fits = {}  # {C: its fit on part}
+    grid = list(CS)
     with warnings.catch_warnings(record=True) as caught:  # recorded, not silenced
         warnings.simplefilter("always", ConvergenceWarning)
         while True:
@@ -111,9 +111,10 @@ def linear_probe(train_x, train_y, test_x, test_y, seed=0, standardize=False):
             grid = [grid[0] / 10] + grid if best == grid[0] else grid + [grid[-1] * 10]
         model = fit(train_x, train_y, best, seed, fits[best])
     stalled = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    iterations = int(model.n_iter_[0])
     return {"accuracy": float(model.score(test_x, test_y)), "C": best,
-            "iterations": int(model.n_iter_[0]), "converged": int(model.n_iter_[0]) < MAX_ITER,
-            "unconverged_selection_fits": stalled - (int(model.n_iter_[0]) >= MAX_ITER),
+            "iterations": iterations, "converged": iterations < MAX_ITER,
+            "unconverged_selection_fits": stalled - (iterations >= MAX_ITER),  # less the final fit
             "C_at_edge": best in (grid[0], grid[-1])}
 
 
@@ -139,8 +140,11 @@ def main(argv=None):
     args, encoder, channel, history = load_run(a.run_dir)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     encoder, channel = encoder.to(device), channel.to(device)
-    modes = ["grid"] + ["topn"] * (args.method == "ours")
-    modes += ["oracle"] * (args.dataset == "regional")
+    modes = ["grid"]
+    if args.method == "ours":  # a uniform channel has no most probable crops
+        modes.append("topn")
+    if args.dataset == "regional":  # on MNIST every digit is the centre crop
+        modes.append("oracle")
     x, y, offsets = load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)
     x, y, offsets = x[:a.n_train], y[:a.n_train].numpy(), offsets[:a.n_train]
     if a.val:  # the scored part is the end of train; the test split is not read
@@ -153,7 +157,8 @@ def main(argv=None):
         splits = {"train": (x, y, offsets), "test": (x_t[:n], y_t[:n].numpy(), o_t[:n])}
     feats = {name: features(encoder, channel, xs, o, modes, a.topn, args.precision)
              for name, (xs, _, o) in splits.items()}
-    train_y, test_y, probe = splits["train"][1], splits["test"][1], {}
+    train_y, test_y = splits["train"][1], splits["test"][1]
+    probe = {}
     for mode in modes:
         probe[mode] = {k: linear_probe(feats["train"][mode][k], train_y, feats["test"][mode][k],
                                        test_y, args.seed) for k in ("f", "h")}
@@ -169,9 +174,11 @@ def main(argv=None):
         print(f"probe.py: warning: the fits of {', '.join(stalled)} stopped unconverged at "
               f"{MAX_ITER} iterations")
     path = os.path.join(a.run_dir, "metrics.json")
-    with open(path) if os.path.exists(path) else io.StringIO("{}") as fh:
-        metrics = json.load(fh)
-    x_s, y_s = splits["test"][0], splits["test"][1]  # figures and diagnostics of the scored split
+    metrics = {}
+    if os.path.exists(path):  # train.py writes it at the end of a run
+        with open(path) as fh:
+            metrics = json.load(fh)
+    x_s, y_s, _ = splits["test"]  # figures and diagnostics of the scored split
     diagnostics = figures.diagnostics(args, encoder, channel, x_s[:1000].to(device))
     if not a.val:
         figures.draw(a.run_dir, args, encoder, channel, x_s[:1000].to(device), y_s, history,

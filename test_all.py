@@ -93,8 +93,10 @@ def test_training_raises_mi_and_lambda_keeps_entropy(tmp_path, precision, sample
     run(tmp_path, "start", *common, "--steps", "1")
     for out, weight in (("trained", "0.5"), ("sharp", "0"), ("flat", "5")):
         run(tmp_path, out, *common, "--steps", "60", "--entropy-weight", weight)
-    start, trained, sharp, flat = (run_state(tmp_path, out)
-                                   for out in ("start", "trained", "sharp", "flat"))
+    start = run_state(tmp_path, "start")
+    trained = run_state(tmp_path, "trained")
+    sharp = run_state(tmp_path, "sharp")
+    flat = run_state(tmp_path, "flat")
     assert trained["mi"] > start["mi"] + 0.5  # both steps ascend the MI, the encoder's most
     assert sharp["entropy"] < math.log(64) - 0.5  # the MI alone moves P(T|X) off uniform
     assert flat["entropy"] > math.log(64) - 0.1  # lambda H(T|X) keeps augmentation alive
@@ -105,7 +107,9 @@ def test_train_and_probe_end_to_end(tmp_path, monkeypatch, method):
     metrics = run(tmp_path, "run", "--steps", "4", method=method)
     saved = json.load(open(tmp_path / "run" / "metrics.json"))
     assert {k: saved[k] for k in metrics} == metrics and saved["steps"] == 4
-    modes = {"grid", "oracle", "grid_standardized"} | ({"topn"} if method == "ours" else set())
+    modes = {"grid", "oracle", "grid_standardized"}
+    if method == "ours":
+        modes.add("topn")
     fits = [saved["probe_test"][m][k] for m in modes for k in "fh"]
     assert all(0 <= fit["accuracy"] <= 1 and fit["converged"] for fit in fits)
     assert 0 < saved["probe_seconds"] and 0 < saved["probe_test"]["diagnostics"]["feature_std"]
@@ -130,7 +134,8 @@ def test_same_seed_same_run_and_resume_or_interrupt_is_bit_identical(tmp_path, m
     run(tmp_path, "stopped", "--steps", "20", *quick, "--resume")
     straight = load(tmp_path, "straight")
     assert straight["opt_eta"]["param_groups"][0]["lr"] == 1e-3 * (20 / 250)  # warming up
-    for other in (load(tmp_path, out) for out in ("resumed", "stopped")):
+    for out in ("resumed", "stopped"):
+        other = load(tmp_path, out)
         assert other["history"] == straight["history"] and other["step"] == 20
         for net in ("encoder", "channel"):
             assert all(torch.equal(w, other[net][k]) for k, w in straight[net].items())
@@ -151,8 +156,13 @@ def test_same_seed_same_run_and_resume_or_interrupt_is_bit_identical(tmp_path, m
 def test_non_finite_values_stop_the_run_and_keep_the_checkpoint(tmp_path, monkeypatch, where):
     def poison(encoder):
         encoder.f[0].weight.data.fill_(float("nan"))
-    call_at(monkeypatch, 5, **{"before" if where == "objective" else "after": poison})
-    with pytest.raises(SystemExit, match=f"step {4 + (where == 'weights')}: the {where}"):
+    if where == "objective":  # the 5th step (step 4, counted from 0) has a NaN objective
+        call_at(monkeypatch, 5, before=poison)
+        message = "step 4: the objective"
+    else:  # the 5th step leaves NaN weights: its checkpoint, of step 5, is refused
+        call_at(monkeypatch, 5, after=poison)
+        message = "step 5: the weights"
+    with pytest.raises(SystemExit, match=message):
         run(tmp_path, "run", "--steps", "20", "--save-every", "1", "--log-every", "1",
             "--no-probe")
     assert load(tmp_path, "run")["step"] == 4
@@ -178,8 +188,8 @@ def test_bench_times_the_steps_train_py_takes(method):
     torch.manual_seed(0)  # as bench.training_steps, before it builds its networks
     fresh = [model.Encoder(), Channel()]
     trained = bench.training_steps(method, 4, canvas=32, repeats=2)  # (encoder, channel)
-    moved = [[not torch.equal(a, b) for a, b in zip(f.parameters(), t.parameters())]
-             for f, t in zip(fresh, trained)]
+    moved = [[not torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters())]
+             for old, new in zip(fresh, trained)]  # per network, whether each tensor moved
     assert all(moved[0])  # every encoder tensor trained
     if method == "ours":  # the channel's first layer moves from the second step, once the
         assert all(moved[1])  # zeroed last layer has moved

@@ -57,11 +57,13 @@ def test_two_processes_give_the_gradients_and_weights_of_one(tmp_path):
     assert json.load(open(tmp_path / "ours-w2-3" / "args.json"))["world_size"] == 2
     for name in METHODS:
         for opt in ("opt_theta", "opt_eta"):  # after step 1 Adam's first moment is 0.1 g
-            one, two = (load(tmp_path, f"{name}-w{w}-1")[opt]["state"] for w in (1, 2))
+            one = load(tmp_path, f"{name}-w1-1")[opt]["state"]
+            two = load(tmp_path, f"{name}-w2-1")[opt]["state"]
             for key in one:
                 g1, g2 = one[key]["exp_avg"], two[key]["exp_avg"]
                 assert (g2 - g1).abs().max() <= 1e-3 * g1.abs().max() + 1e-8, (name, opt, key)
-        one, two = (load(tmp_path, f"{name}-w{w}-3") for w in (1, 2))
+        one = load(tmp_path, f"{name}-w1-3")
+        two = load(tmp_path, f"{name}-w2-3")
         assert one["history"][-1]["step"] == two["history"][-1]["step"] == 3
         for net in ("encoder", "channel"):
             for key, w1 in one[net].items():

@@ -17,9 +17,11 @@ def test_sampled_step_is_exact_where_draws_enumerate_the_grid(monkeypatch):
     order = torch.rand(3, 9, generator=g).argsort(1)  # (3, 9) every crop once, in its own order
     monkeypatch.setattr(torch, "multinomial", lambda p, m, **_: order)
     close = dict(rtol=1e-4, atol=1e-6)  # the views: crops here, one pass over the canvas there
-    exact, sampled = one_step(x, ["--samples", "0"]), one_step(x, ["--samples", "9"])
+    exact = one_step(x, ["--samples", "0"])
+    sampled = one_step(x, ["--samples", "9"])
     torch.testing.assert_close(sampled[:2], exact[:2], **close)  # (a) 1/m each: P(T|X) uniform
-    lam, channel_grads = 0.5, {}
+    lam = 0.5
+    channel_grads = {}  # {(samples, lambda): the channel's gradients}
     for samples in ("0", "9"):
         for weight in (lam, 0.0):
             flags = ["--samples", samples, "--entropy-weight", str(weight)]
@@ -36,7 +38,8 @@ def test_sampled_step_is_exact_where_draws_enumerate_the_grid(monkeypatch):
 
 
 def test_draws_follow_the_channel_and_estimates_near_the_exact_mi(monkeypatch):
-    drawn, views = [], train.views
+    drawn = []
+    views = train.views
 
     def spy(encoder, x, grid, c, rows):  # the crops each phase of the step encodes
         drawn.append(c[rows])
@@ -49,7 +52,8 @@ def test_draws_follow_the_channel_and_estimates_near_the_exact_mi(monkeypatch):
     for c, expected in zip(drawn, (p, torch.full_like(p, 1 / 9))):  # (a) from P, (b) uniform
         frequency = torch.bincount(c.flatten(), minlength=9) / c.numel()  # (9,)
         assert (frequency - expected).abs().max() < 0.02  # 2.5 sd of 4,000 draws at most
-    assert p.max() > 0.3 and (drawn[1].sort(1).values.diff(dim=1) > 0).all()  # (b) distinct
+    assert p.max() > 0.3  # the peaked channel is far from uniform
+    assert (drawn[1].sort(1).values.diff(dim=1) > 0).all()  # (b) draws distinct crops
     z, logp = random_inputs(B=4, K=16, d=5, peak=2.0)
     image = torch.arange(4)[:, None]  # (4, 1)
     c, logw = draw_uniform(logp, 5, torch.Generator().manual_seed(0))  # (4, 5)
@@ -57,7 +61,8 @@ def test_draws_follow_the_channel_and_estimates_near_the_exact_mi(monkeypatch):
     self_normalized = torch.from_numpy(np.log(w / w.sum(1, keepdims=True)))
     estimate = exact_mi(z[image, c], logw, 5.0).item()
     assert estimate == pytest.approx(mi_loop(z[image, c], self_normalized, 5.0), rel=1e-10)
-    g, errors = torch.Generator().manual_seed(0), []
+    g = torch.Generator().manual_seed(0)
+    errors = []
     for draw, ms in ((draw_from_channel, (1, 4, 16, 64)), (draw_uniform, (2, 8, 16))):
         for m in ms:
             estimates = []

@@ -42,19 +42,26 @@ def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
         logp = gather(logp_mine)  # (B, K) every process's
         mine = distributed.mine(len(logp))  # the rows of our images: all B in one process
         share = len(xb) / len(logp)  # of the batch's images: 1 in one process
-        c, logw = draw_from_channel(logp.detach(), m, g) if m else (None, logp.detach())  # (B, m|K)
+        if m:  # m crops per image drawn from P(T|X), each weighted 1/m
+            c, logw = draw_from_channel(logp.detach(), m, g)  # (B, m), (B, m)
+        else:  # all K crops, weighted by P(T|X)
+            c, logw = None, logp.detach()  # (B, K)
         z = gather(views(encoder, xb, grid, c, mine))  # (B, m or K, d)
     mi = exact_mi(z, logw, args.beta, mine)
     opt_theta.zero_grad(set_to_none=True)
     (-mi).backward()
     sum_gradients(encoder)
     opt_theta.step()  # (a)
-    c, logw = draw_uniform(logp, m, g) if m else (None, logp)  # logw differentiable in eta
+    if m:  # m crops per image drawn uniformly, weighted by P(T|X) renormalized over them
+        c, logw = draw_uniform(logp, m, g)  # (B, m), (B, m) differentiable in eta
+    else:
+        c, logw = None, logp  # (B, K) differentiable in eta
     with torch.no_grad(), autocast(xb.device, args.precision):
         z = gather(views(encoder, xb, grid, c, mine))  # the updated encoder's, no gradient
     H = entropy(logp_mine)  # exact over the K logits, a mean over our images: share of H(T|X)
+    mi_eta = exact_mi(z, logw, args.beta, mine)
     opt_eta.zero_grad(set_to_none=True)
-    (-(exact_mi(z, logw, args.beta, mine) + args.entropy_weight * share * H)).backward()
+    (-(mi_eta + args.entropy_weight * share * H)).backward()  # maximize MI + lambda H(T|X)
     sum_gradients(channel)
     opt_eta.step()  # (b)
     return {"MI": mi.detach(), "H": H.detach() * share}
@@ -100,7 +107,8 @@ def setup(args, device, main_process):
         print(f"{args.method} on {args.dataset} ({len(x)} canvases of side {args.canvas}) on "
               f"{device} x {args.world_size}, {args.precision} networks: maximize {objective}",
               file=sys.stderr)
-    x, grid = x.to(device), grid_offsets(args.canvas).to(device)  # (N, 1, C, C) uint8, (K, 2)
+    x = x.to(device)  # (N, 1, C, C) uint8
+    grid = grid_offsets(args.canvas).to(device)  # (K, 2)
     return x, grid, state, g, step, history
 
 
@@ -113,7 +121,9 @@ def main(argv=None):
     encoder, channel, opt_theta, opt_eta = state.values()
     interrupted = []  # Ctrl-C ends the run at a step boundary, with a checkpoint
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    t0, step, budget = time.perf_counter(), start, 60 * (args.minutes or float("inf"))
+    budget = 60 * (args.minutes or float("inf"))  # seconds
+    step = start
+    t0 = time.perf_counter()
     ctrl_c = out_of_time = False
     try:
         while step < args.steps and not out_of_time:
@@ -168,9 +178,9 @@ def progress(args, shown, start, elapsed, budget):
     step = shown["step"]
     bar = "#" * int(30 * max(step / args.steps, elapsed / budget))
     values = " ".join(f"{k} {v:.3f}" for k, v in shown.items() if k != "step")
-    print(f"\r[{bar:.<30}] step {step} {values} {elapsed:.0f}s "
-          f"{(step - start) * args.batch_size / elapsed:.0f} img/s", end="", file=sys.stderr,
-          flush=True)
+    images_per_second = (step - start) * args.batch_size / elapsed
+    print(f"\r[{bar:.<30}] step {step} {values} {elapsed:.0f}s {images_per_second:.0f} img/s",
+          end="", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
