@@ -48,10 +48,9 @@ class Channel(nn.Module):
         # 28 -pool-> 14 -conv5-> 10 -pool-> 5 -conv5-> 1: one logit per crop, seeing that crop only
         self.net = nn.Sequential(
             nn.AvgPool2d(2), nn.Conv2d(1, width, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(width, 1, 5))
+            nn.Conv2d(width, 1, 5, bias=False))  # a bias would shift every logit: softmax drops it
         self.to(memory_format=torch.channels_last)  # as the encoder (model.py)
         nn.init.zeros_(self.net[-1].weight)  # all logits equal: training starts at SimCLR
-        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x):
         """x (B, 1, C, C) in [0, 1] -> logp (B, K)."""
