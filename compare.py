@@ -162,6 +162,7 @@ def collapse(run_dirs, path):
             print(f"| {key} | {len(runs)} | {step} | " + " | ".join(cells) + " |")
     for ax, (name, title) in zip(axes, panels.items()):
         ax.set(xlabel="training step", title=title)
+        ax.locator_params(axis="x", nbins=4)  # step labels that do not run together
         ax.legend(fontsize=7)
     axes[-1].axhline(50 ** -0.5, color="gray", ls=":", lw=1)  # uniform codes, the default d = 50
     fig.suptitle(f"Over training: a small validation probe (fitted on {FIT:,} train images, "
