@@ -54,7 +54,7 @@ class Channel(nn.Module):
 
     def forward(self, x):
         """x (B, 1, C, C) in [0, 1] -> logp (B, K)."""
-        return self.net(x).flatten(1).float().log_softmax(1)  # (B, K) float32 under bf16
+        return self.net(x).flatten(1).to(x.dtype).log_softmax(1)  # (B, K) x's dtype under bf16
 
 
 def entropy(logp):

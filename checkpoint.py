@@ -16,7 +16,7 @@ import torch
 import distributed
 from channel import Channel
 from data import write_atomic
-from model import Encoder
+from model import DTYPES, Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
                "seed", "precision", "channel_warmup", "samples", "world_size", "schedule")
@@ -88,7 +88,8 @@ def fresh_or_resumed(args, device):
     the batches and the crops drawn, fresh from --seed, or with --resume as the checkpoint in
     --out left them."""
     torch.manual_seed(args.seed)
-    encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
+    dtype = DTYPES[args.precision]
+    encoder, channel = Encoder(args.dim).to(device, dtype), Channel().to(device, dtype)
     state = {"encoder": encoder, "channel": channel,
              "opt_theta": torch.optim.Adam(encoder.parameters(), lr=args.lr),
              "opt_eta": torch.optim.Adam(channel.parameters(), lr=args.lr)}
@@ -111,7 +112,8 @@ def load_run(run_dir, device="cpu", name="checkpoint.pt"):
     ckpt = torch.load(path, map_location=device, weights_only=True)
     saved = {"precision": "float32", **ckpt["args"]}  # a run naming no precision ran in float32
     args = argparse.Namespace(**saved)
-    encoder, channel = Encoder(args.dim).to(device), Channel().to(device)
+    dtype = DTYPES[args.precision]
+    encoder, channel = Encoder(args.dim).to(device, dtype), Channel().to(device, dtype)
     try:
         encoder.load_state_dict(ckpt["encoder"])
         channel.load_state_dict(ckpt["channel"])

@@ -43,8 +43,9 @@ def parse_args(argv):
     add("--dim", type=int, default=50, help="d, dimension of the representation z = f(h)")
     add("--seed", type=int, default=0, help="seeds the canvases, the weights and the batches")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA if any")
-    add("--precision", choices=["auto", "float32", "bf16"], default="auto",
-        help="of the networks (the objective is float32); auto: bf16 where the device has it")
+    add("--precision", choices=["auto", "float32", "bf16", "float64"], default="auto",
+        help="of the networks (the objective: float32, or float64 with float64, for checks of "
+        "numerics); auto: bf16 where the device has it")
     add("--out", help="run folder (default runs/METHOD-DATASET-sSEED)")
     add("--minutes", type=float, help="wall-clock budget of the training loop")
     add("--save-every", type=int, default=100, help="steps between checkpoints")

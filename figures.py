@@ -19,7 +19,7 @@ from objective import alignment, exact_mi, uniformity
 def codes(encoder, channel, x):
     """Canvases x (n, 1, C, C) uint8 -> (x in [0, 1], logp (n, K), z (n, K, d), the code: z
     averaged under P(T|X) and normalized (n, d))."""
-    xb = x.float() / 255  # (n, 1, C, C)
+    xb = x.to(next(encoder.parameters()).dtype) / 255  # (n, 1, C, C) in the weights' dtype
     logp = channel(xb)  # (n, K)
     z = encoder(xb)[1]  # (n, K, d)
     code = F.normalize((logp.exp()[:, :, None] * z).sum(1), dim=-1)  # (n, d)

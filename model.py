@@ -28,13 +28,18 @@ class Encoder(nn.Module):
     def forward(self, x):
         """x (B, 1, C, C) in [0, 1] -> h (B, K, 256), z = f(h) / |f(h)| (B, K, d), row-major."""
         h = self.h(x).flatten(2).transpose(1, 2)  # (B, K, 256)
-        z = F.normalize(self.f(h).float(), dim=-1)  # (B, K, d) unit in float32 under bf16
+        z = F.normalize(self.f(h).to(x.dtype), dim=-1)  # (B, K, d) unit, x's dtype under bf16
         return h, z
+
+
+# of the weights, the canvases, z and log P: "bf16" keeps float32 weights and autocasts the passes;
+# "float64" is for checking numerics, where float32 rounding would hide what the math guarantees
+DTYPES = {"float32": torch.float32, "bf16": torch.float32, "float64": torch.float64}
 
 
 def resolve_precision(precision, device):
     """"auto" -> "bf16" where the device has bf16 arithmetic units, else "float32" (without them
-    bf16 is emulated); "float32" and "bf16" are kept."""
+    bf16 is emulated); "float32", "bf16" and "float64" are kept."""
     if precision != "auto":
         return precision
     if device.type == "cuda":

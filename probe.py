@@ -48,11 +48,11 @@ def topn_weights(p, n):
 def features(encoder, channel, x, offsets, modes, topn, precision="float32", batch=500):
     """{mode: {"h": (N, 256), "f": (N, d)}} float32 numpy features of uint8 canvases x (N, 1, C, C),
     the networks run in the precision they were trained in (model.autocast)."""
-    device = next(encoder.parameters()).device
+    w = next(encoder.parameters())  # the canvases go in the weights' device and dtype
     out = {m: {"h": [], "f": []} for m in modes}
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch].to(device).float() / 255  # (B, 1, C, C)
-        with autocast(device, precision):
+        xb = x[i:i + batch].to(w.device, w.dtype) / 255  # (B, 1, C, C)
+        with autocast(w.device, precision):
             h, z = encoder(xb)  # (B, K, 256), (B, K, d)
             p = channel(xb).exp()  # (B, K)
             if "oracle" in modes:

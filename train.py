@@ -25,7 +25,7 @@ from checkpoint import (fresh_or_resumed, save_json, save_run, save_snapshot,
 from config import parse_args
 from data import load_canvases
 from distributed import any_rank, gather, sum_gradients, total
-from model import autocast, resolve_precision
+from model import DTYPES, autocast, resolve_precision
 from objective import exact_mi, nt_xent
 from sampling import draw_from_channel, draw_uniform, views
 
@@ -119,6 +119,7 @@ def main(argv=None):
     main_process = distributed.rank() == 0  # writes the files, prints, probes
     x, grid, state, g, start, history = setup(args, device, main_process)
     encoder, channel, opt_theta, opt_eta = state.values()
+    dtype = DTYPES[args.precision]  # of the canvases, as of the weights
     interrupted = []  # Ctrl-C ends the run at a step boundary, with a checkpoint
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     budget = 60 * (args.minutes or float("inf"))  # seconds
@@ -130,7 +131,7 @@ def main(argv=None):
             if args.snapshot_every and step % args.snapshot_every == 0:  # before the step: 0 too
                 save_snapshot(args, state, step, history)
             idx = torch.randint(len(x), (args.batch_size,), generator=g, device=device)  # (B,)
-            xb = x[idx[distributed.mine(args.batch_size)]].float() / 255  # (b, 1, C, C)
+            xb = x[idx[distributed.mine(args.batch_size)]].to(dtype) / 255  # (b, 1, C, C)
             rate = args.lr * decay(args, step)
             opt_theta.param_groups[0]["lr"] = rate
             if args.method == "ours":
