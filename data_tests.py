@@ -1,4 +1,5 @@
-"""Tests of data.py (MNIST files, downloads, canvases); `pytest test_all.py` runs them."""
+"""Tests of data.py (MNIST files, downloads, canvases, memory) and of what other machines lack;
+`pytest test_all.py` runs them."""
 import os
 
 import numpy as np
@@ -6,8 +7,9 @@ import pytest
 import torch
 
 import data
+import model
 from channel import crops_at
-from fixtures import Mirror, fake_mnist, serve, write_idx
+from fixtures import Mirror, fake_mnist, run, serve, write_idx
 
 
 def test_regional_canvases_are_deterministic_and_hold_the_digit():
@@ -52,3 +54,12 @@ def test_download_checks_md5_and_leaves_no_partial_file(tmp_path):
         data.download(url + "/drop", str(target), md5, timeout=5)
     assert target.read_bytes() == Mirror.body and os.listdir(tmp_path) == ["f.gz"]
     server.shutdown()
+
+
+def test_runs_without_sysconf_or_torch_cpus_private_checks(tmp_path, monkeypatch):
+    """Windows has no os.sysconf; another torch may lack torch.cpu's checks of bf16 units."""
+    monkeypatch.delattr(os, "sysconf")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    assert model.resolve_precision("auto", torch.device("cpu")) == "float32"
+    assert run(tmp_path, "run", "--steps", "2", "--no-probe")["steps"] == 2

@@ -113,27 +113,41 @@ def run(tmp_path, out, *extra, method="ours"):
 
 
 def run_state(tmp_path, out):
-    """MI, H(T|X) and digit coverage of a finished run, on its first 64 train canvases."""
+    """MI, H(T|X), digit coverage and the channel's mass on blank crops (those that miss the
+    digit, found crop by crop) of a finished run, on its first 64 train canvases."""
     args, encoder, channel, _ = checkpoint.load_run(str(tmp_path / out))
-    x = data.load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)[0]
-    return figures.diagnostics(args, encoder, channel, x[:64])
+    x = data.load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)[0][:64]
+    blank = torch.stack([x[:, 0, r:r + 28, c:c + 28].sum((1, 2)) == 0
+                         for r, c in grid_offsets(args.canvas).tolist()], 1)  # (64, K)
+    p = channel(x.float() / 255).exp()  # (64, K)
+    return {**figures.diagnostics(args, encoder, channel, x),
+            "blank_mass": (p * blank).sum(1).mean().item()}
 
 
-def one_step(x, flags, peaked=False):
-    """One alternating_step of fresh float32 networks on canvases x (B, 1, C, C), at rate 0 so
-    that (b) sees (a)'s encoder: (MI, {"encoder": gradients, "channel": gradients}, channel)."""
-    args = config.parse_args(["--canvas", str(x.shape[-1]), "--precision", "float32", *flags])
+def networks(peaked=False):
+    """Fresh float64 (encoder, channel), the same at every call; peaked: the channel's P(T|X) off
+    uniform."""
     torch.manual_seed(0)
-    encoder, channel = model.Encoder(), Channel()
+    encoder, channel = model.Encoder().double(), Channel().double()
     if peaked:
-        torch.nn.init.normal_(channel.net[-1].weight)  # leave the uniform start
-    rate_0 = [torch.optim.SGD(net.parameters(), lr=0.0) for net in (encoder, channel)]
+        torch.nn.init.normal_(channel.net[-1].weight)
+    return encoder, channel
+
+
+def one_step(x, flags, peaked=False, rate=0.0):
+    """One alternating_step of networks(peaked) in x's dtype (float64 or float32) on canvases x
+    (B, 1, C, C), each by SGD at rate (at 0, (b) sees (a)'s encoder): (MI, {"encoder":
+    gradients, "channel": gradients}, (encoder, channel) after the step)."""
+    precision = str(x.dtype).removeprefix("torch.")
+    args = config.parse_args(["--canvas", str(x.shape[-1]), "--precision", precision, *flags])
+    encoder, channel = (net.to(x.dtype) for net in networks(peaked))
+    sgd = [torch.optim.SGD(net.parameters(), lr=rate) for net in (encoder, channel)]
     grid = grid_offsets(x.shape[-1])
     g = torch.Generator().manual_seed(0)
-    mi = train.alternating_step(args, encoder, channel, *rate_0, x, grid, g)["MI"]
+    mi = train.alternating_step(args, encoder, channel, *sgd, x, grid, g)["MI"]
     grads = {"encoder": [w.grad for w in encoder.parameters()],
              "channel": [w.grad for w in channel.parameters()]}
-    return mi, grads, channel
+    return mi, grads, (encoder, channel)
 
 
 def call_at(monkeypatch, at, before=None, after=None):

@@ -44,8 +44,10 @@ def resolve_precision(precision, device):
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "float32"
-    # torch.cpu's private checks are the only ones there are of the CPU's bf16 units
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # torch.cpu's private checks are the only ones there are of the CPU's bf16 units; a torch
+    # without them is taken to have none
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return "bf16" if native else "float32"
 
 
