@@ -76,6 +76,15 @@ def gather(x):
     return _Gather.apply(x) if world_size() > 1 else x
 
 
+def share_of_mean(f, x):
+    """This process's share of f's mean over the rows of a gathered batch x: f of its own rows,
+    divided by the number of processes, so the shares add up to the batch's mean; f(x) in one
+    process."""
+    if world_size() == 1:
+        return f(x)
+    return f(x[mine(len(x))]) / world_size()
+
+
 def sum_gradients(module):
     """Each weight's gradient summed over ranks: each rank holds the part that flows through its
     own images (the gather's backward gave it the whole gradient of their codes)."""

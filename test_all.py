@@ -9,16 +9,14 @@ import torch
 
 import bench
 import model
-import objective
 import probe
 import train
 from channel import Channel, crops_at, grid_offsets
-from fixtures import (BAD_INPUTS, call_at, corrupt_mnist, fake_mnist, load, mi_loop, networks,
-                      random_inputs, run, topn_loop, two_view_loops)
-from objective import alignment, den_reference, exact_mi, nt_xent, simclr_bound, uniformity
+from fixtures import BAD_INPUTS, call_at, corrupt_mnist, fake_mnist, load, networks, run, topn_loop
 # pytest collects the test functions of this module's namespace, these imported ones too: the
-# tests of train.py's Algorithm 1, data.py, distributed.py and sampling.py, in files named so
-# that a bare `pytest`, which collects test_*.py, runs each test once, as `pytest test_all.py`
+# tests of train.py's Algorithm 1, data.py, distributed.py, objective.py and sampling.py, in files
+# named so that a bare `pytest`, which collects test_*.py, runs each test once, as
+# `pytest test_all.py` does
 from algorithm_tests import (test_channel_step_sees_the_updated_encoder,
                              test_lambda_keeps_entropy_and_bf16_training_raises_mi,
                              test_training_raises_mi_and_moves_the_channel_off_blank_crops)
@@ -27,38 +25,12 @@ from data_tests import (test_download_checks_md5_and_leaves_no_partial_file,
                         test_regional_canvases_are_deterministic_and_hold_the_digit,
                         test_runs_without_sysconf_or_torch_cpus_private_checks)
 from distributed_tests import test_two_processes_give_the_gradients_and_weights_of_one
+from objective_tests import (test_bound_on_two_uniform_crops_is_nt_xent_but_for_two_terms,
+                             test_estimators_match_loops_and_bound_below_mi_below_log_batch,
+                             test_streamed_equals_dense_in_value_and_gradient,
+                             test_worked_example_is_the_hand_computation)
 from sampling_tests import (test_draws_follow_the_channel_and_estimates_near_the_exact_mi,
                             test_sampled_step_is_exact_where_draws_enumerate_the_grid)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_estimators_match_loops_and_bound_below_mi_below_log_batch(seed, monkeypatch):
-    """In float64 a sum of n <= (B K)^2 = 400 terms of size <= beta = 50 rounds by 2e-12 at
-    worst (n u |terms|), sqrt(n) u |terms| = 1e-13 as rounding errors add up at random: the
-    tolerances 1e-12 absolute and 1e-10 relative; measured 1.4e-14 at most."""
-    z, logp = random_inputs(B=3 + seed % 3, seed=seed, peak=[0.1, 10.0][seed // 3])
-    beta = [0.5, 5.0, 50.0][seed % 3]
-    mi, bound = exact_mi(z, logp, beta).item(), simclr_bound(z, logp, beta).item()
-    assert mi == pytest.approx(mi_loop(z, logp, beta), rel=1e-10)
-    assert bound == pytest.approx(mi_loop(z, logp, beta, jensen=True), rel=1e-10)
-    assert bound <= mi + 1e-12 and mi <= math.log(len(z)) + 1e-12  # Jensen; InfoNCE's ceiling
-    torch.testing.assert_close(objective._den(z, logp, beta)[1], den_reference(z, logp, beta))
-    monkeypatch.setitem(objective.CHUNK_ELEMENTS, "cpu", 50)  # stream 2 to 4 rows at a time
-    assert exact_mi(z, logp, beta).item() == pytest.approx(mi, rel=1e-12)
-    shares = [exact_mi(z, logp, beta, slice(i, i + 2)).item() for i in range(0, len(z), 2)]
-    assert sum(shares) == pytest.approx(mi, rel=1e-12)  # the processes' rows add up to the MI
-    z, logp = z.requires_grad_(), logp.requires_grad_()
-    for estimator in (exact_mi, simclr_bound):  # the hand-written backward, finite differences
-        assert torch.autograd.gradcheck(lambda z, logp: estimator(z, logp, beta), (z, logp))
-    same = torch.nn.functional.normalize(torch.ones_like(z), dim=-1)  # every code equal: MI 0
-    assert exact_mi(same, logp, beta).item() == pytest.approx(0.0, abs=1e-12)
-    apart = torch.eye(8, dtype=z.dtype)[:len(z), None].expand(*z.shape[:2], 8)  # image i: axis i
-    assert exact_mi(apart, logp, 60.0).item() == pytest.approx(math.log(len(z)), abs=1e-9)
-    z1, z2 = z.detach()[:, 0], z.detach()[:, 1]  # two views of each image
-    loss, aligned, uniform = two_view_loops(z1.numpy(), z2.numpy(), beta=2.0)
-    assert nt_xent(z1, z2, 2.0).item() == pytest.approx(loss, rel=1e-10)
-    assert alignment(z1, z2).item() == pytest.approx(aligned, rel=1e-10)
-    assert uniformity(torch.cat([z1, z2])).item() == pytest.approx(uniform, rel=1e-10)
 
 
 @pytest.mark.parametrize("canvas", [36, 56])

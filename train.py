@@ -24,47 +24,57 @@ from checkpoint import (fresh_or_resumed, save_json, save_run, save_snapshot,
                         stop_if_not_finite)
 from config import parse_args
 from data import load_canvases
-from distributed import any_rank, gather, sum_gradients, total
+from distributed import any_rank, gather, share_of_mean, sum_gradients, total, world_size
 from model import DTYPES, autocast, resolve_precision
 from objective import exact_mi, nt_xent
 from sampling import draw_from_channel, draw_uniform, views
 
 
 def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
-    """Algorithm 1: (a) encoder step with P(T|X) fixed, (b) channel step with the new encoder.
+    """Algorithm 1, one iteration: (a) the encoder ascends (2) with P(T|X) held fixed, then (b)
+    the channel ascends (2) + lambda H(T|X) on the codes of the updated encoder, held fixed.
 
-    Both evaluate (2) with exact_mi on views z weighted by log w: all K crops weighted by P(T|X)
-    (exact), or m = --samples drawn per image, as the poster samples them (sampling.py). This
-    process encodes its own images xb, the rows `mine` of the batch, and sums their rows of (2)."""
-    m = args.samples
+    (2) runs over all K crops weighted by P(T|X), or, with --samples m, over m crops per image
+    drawn as the poster draws them (sampling.py). xb: this process's canvases of the batch."""
     with autocast(xb.device, args.precision):
-        logp_mine = channel(xb)  # (b, K); eta does not move in (a), so (b) reuses this pass
-        logp = gather(logp_mine)  # (B, K) every process's
-        mine = distributed.mine(len(logp))  # the rows of our images: all B in one process
-        share = len(xb) / len(logp)  # of the batch's images: 1 in one process
-        if m:  # m crops per image drawn from P(T|X), each weighted 1/m
-            c, logw = draw_from_channel(logp.detach(), m, g)  # (B, m), (B, m)
-        else:  # all K crops, weighted by P(T|X)
-            c, logw = None, logp.detach()  # (B, K)
-        z = gather(views(encoder, xb, grid, c, mine))  # (B, m or K, d)
-    mi = exact_mi(z, logw, args.beta, mine)
-    opt_theta.zero_grad(set_to_none=True)
-    (-mi).backward()
-    sum_gradients(encoder)
-    opt_theta.step()  # (a)
-    if m:  # m crops per image drawn uniformly, weighted by P(T|X) renormalized over them
-        c, logw = draw_uniform(logp, m, g)  # (B, m), (B, m) differentiable in eta
-    else:
-        c, logw = None, logp  # (B, K) differentiable in eta
-    with torch.no_grad(), autocast(xb.device, args.precision):
-        z = gather(views(encoder, xb, grid, c, mine))  # the updated encoder's, no gradient
-    H = entropy(logp_mine)  # exact over the K logits, a mean over our images: share of H(T|X)
-    mi_eta = exact_mi(z, logw, args.beta, mine)
-    opt_eta.zero_grad(set_to_none=True)
-    (-(mi_eta + args.entropy_weight * share * H)).backward()  # maximize MI + lambda H(T|X)
-    sum_gradients(channel)
-    opt_eta.step()  # (b)
-    return {"MI": mi.detach(), "H": H.detach() * share}
+        logp = gather(channel(xb))  # (B, K) log P(T|X); eta does not move in (a): (b) reuses it
+    c, logw = crops(args, logp.detach(), g, draw_from_channel)  # none drawn, or m ~ P(T|X)
+    mi = objective(args, encode(args, encoder, xb, grid, c), logw)
+    ascend(opt_theta, encoder, mi)  # (a)
+    c, logw = crops(args, logp, g, draw_uniform)  # none drawn, or m uniform, weighted by P(T|X)
+    with torch.no_grad():
+        z = encode(args, encoder, xb, grid, c)  # (B, m or K, d) by the updated encoder
+    H = share_of_mean(entropy, logp)  # H(T|X), exact over the K logits
+    ascend(opt_eta, channel, objective(args, z, logw) + args.entropy_weight * H)  # (b)
+    return {"MI": mi.detach(), "H": H.detach()}
+
+
+def crops(args, logp, g, draw):
+    """(c, log w): c None, every crop weighted by P(T|X) (the exact sum); or, with --samples m,
+    the (B, m) crops that draw picks and their log weights (B, m)."""
+    if not args.samples:
+        return None, logp
+    return draw(logp, args.samples, g)
+
+
+def encode(args, encoder, xb, grid, c):
+    """z (B, m or K, d) of the batch's views c (all K crops where c is None): this process
+    encodes its own canvases xb, and gather brings every process's (distributed.py)."""
+    with autocast(xb.device, args.precision):
+        return gather(views(encoder, xb, grid, c, distributed.mine(len(xb) * world_size())))
+
+
+def objective(args, z, logw):
+    """(2) on views z weighted by log w, summed over this process's images (all in one)."""
+    return exact_mi(z, logw, args.beta, distributed.mine(len(z)))
+
+
+def ascend(opt, net, value):
+    """One step of opt up the gradient of value, summed over the processes (distributed.py)."""
+    opt.zero_grad(set_to_none=True)
+    (-value).backward()
+    sum_gradients(net)
+    opt.step()
 
 
 def simclr_step(args, encoder, opt_theta, xb, grid, g):
@@ -77,10 +87,7 @@ def simclr_step(args, encoder, opt_theta, xb, grid, g):
         z2 = gather(encoder(crops_at(xb, t2[:, None]))[1][:, 0])  # (B, d)
     # every process computes the whole loss, and the gathers' backward sums their gradients
     loss = nt_xent(z1, z2, args.beta) / distributed.world_size()
-    opt_theta.zero_grad(set_to_none=True)
-    loss.backward()
-    sum_gradients(encoder)
-    opt_theta.step()
+    ascend(opt_theta, encoder, -loss)
     return {"loss": loss.detach()}
 
 
