@@ -19,7 +19,8 @@ from data import write_atomic
 from model import DTYPES, Encoder
 
 SAME_CONFIG = ("method", "dataset", "canvas", "batch_size", "beta", "entropy_weight", "lr", "dim",
-               "seed", "precision", "channel_warmup", "samples", "world_size", "schedule")
+               "seed", "precision", "channel_warmup", "samples", "world_size", "schedule",
+               "objective", "channel", "weights")
 
 
 def save_json(path, obj):
@@ -70,7 +71,8 @@ def load_checkpoint(args, device):
     except Exception as e:  # a truncated file, or one that is not a plain checkpoint
         sys.exit(f"train.py: error: --resume: cannot read {path}: {str(e).splitlines()[0]}")
     # a checkpoint may lack these flags: its run ran with these values
-    absent = {"samples": 0, "world_size": 1, "schedule": "constant"}
+    absent = {"samples": 0, "world_size": 1, "schedule": "constant", "objective": "mi",
+              "channel": "learned", "weights": "self-normalized"}
     saved = {**absent, **ckpt["args"], "device": ckpt["device"]}
     wanted = {**vars(args), "device": device.type}  # CPU and CUDA generators differ in state
     same = [*SAME_CONFIG, "device"]

@@ -39,7 +39,13 @@ def parse_args(argv):
     add("--schedule", choices=["constant", "cosine"], default="constant",
         help="both rates: --lr throughout, or a cosine from --lr to 0 over --steps")
     add("--samples", type=int, default=0,
-        help="m of the poster's Algorithm 1: crops drawn per image (0: the exact sum over all K)")
+        help="m >= 2 of the poster's Algorithm 1: crops drawn per image (0: the exact sum over K)")
+    add("--weights", choices=["self-normalized", "unnormalized"], default="self-normalized",
+        help="with --samples, the channel phase's weights of its uniform draws (sampling.py)")
+    add("--objective", choices=["mi", "bound"], default="mi",
+        help="ours maximizes (2), or its Jensen bound (the ablation of the exact MI)")
+    add("--channel", choices=["learned", "uniform"], default="learned",
+        help="P(T|X) trained by Algorithm 1's (b), or kept uniform (the ablation of the channel)")
     add("--dim", type=int, default=50, help="d, dimension of the representation z = f(h)")
     add("--seed", type=int, default=0, help="seeds the canvases, the weights and the batches")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA if any")
@@ -65,7 +71,7 @@ def check_args(p, args):
                  "minutes", "entropy_weight", "channel_warmup", "samples", "snapshot_every"):
         value = getattr(args, name)
         flag = "--" + name.replace("_", "-")
-        zero_allowed = name in ("entropy_weight", "samples")
+        zero_allowed = name in ("entropy_weight", "samples", "steps")  # 0 steps: untrained
         if value is None:  # not given: the default of --dataset (below), or none
             continue
         if not math.isfinite(value):
@@ -76,15 +82,27 @@ def check_args(p, args):
             p.error(f"{flag} must be positive, got {value}")
     if args.schedule == "cosine" and args.minutes:
         p.error("--schedule cosine decays over --steps: it cannot follow a --minutes budget")
-    if args.samples and args.method != "ours":
-        p.error("--samples: SimCLR draws its two views already; the flag is for --method ours")
+    ours_only = {"--samples": args.samples, "--objective": args.objective != "mi",
+                 "--channel": args.channel != "learned"}
+    for flag, given in ours_only.items():
+        if given and args.method != "ours":
+            p.error(f"{flag}: SimCLR has two uniform views and NT-Xent; the flag is for ours")
+    if args.samples == 1:  # sampling.mi_of_draws
+        p.error("--samples 1: a draw's numerator needs another draw of its image; use 2 or more")
+    if args.objective == "bound" and args.samples:
+        p.error("--objective bound: the bound is taken on the exact sum, without --samples")
+    if args.weights != "self-normalized" and not args.samples:
+        p.error("--weights: the exact sum weighs every crop by P(T|X); the flag is for --samples")
     steps, B, C = DEFAULTS[args.method, args.dataset]
     if args.minutes:
         steps = 10**9  # the --minutes budget ends the run
-    args.steps = args.steps or steps  # a 0 was refused above, as for B and C
+    args.steps = steps if args.steps is None else args.steps
     args.batch_size = args.batch_size or B
     args.canvas = args.canvas or C
-    name = f"{args.method}-m{args.samples}" if args.samples else args.method
+    ablations = {"-bound": args.objective == "bound", "-uniform": args.channel == "uniform",
+                 f"-m{args.samples}": args.samples,
+                 "-unnormalized": args.weights == "unnormalized"}
+    name = args.method + "".join(part for part, given in ablations.items() if given)
     args.out = args.out or f"runs/{name}-{args.dataset}-s{args.seed}"
     args.data_dir = os.path.abspath(args.data_dir)  # probe.py reads it back from any folder
     args.world_size = int(os.environ.get("WORLD_SIZE", 1))  # processes, set by torchrun
@@ -102,3 +120,24 @@ def check_args(p, args):
     if args.samples > K:  # (b) draws without replacement
         p.error(f"--samples {args.samples} exceeds the {K} crops of the grid on --canvas "
                 f"{args.canvas}")
+
+
+def rates(args, step):
+    """(theta's, eta's) Adam rate at step: --lr times the --schedule's factor (1, or a cosine
+    from 1 to 0 over --steps); eta's also rises linearly over its first --channel-warmup steps."""
+    decay = 1.0
+    if args.schedule == "cosine":
+        decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
+    rate = args.lr * decay
+    return rate, rate * min(1.0, (step + 1) / args.channel_warmup)
+
+
+def describe(args):
+    """What a run maximizes, in words, for its first line."""
+    if args.method == "simclr":
+        return "-NT-Xent"
+    what = "the Jensen bound of (2)" if args.objective == "bound" else "the exact MI of (2)"
+    what += " + lambda H(T|X)" if args.channel == "learned" else ", P(T|X) kept uniform"
+    if args.samples:
+        what += f", estimated from {args.samples} crops drawn per image ({args.weights} in (b))"
+    return what

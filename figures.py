@@ -78,14 +78,15 @@ def draw(run_dir, args, encoder, channel, x, y, history, accuracy):
         ax.set(title=f"{args.method}: 2-d codes of {len(code)} test images", aspect="equal",
                xlim=(-1.1, 1.1), ylim=(-1.1, 1.1))
         save(fig, run_dir, "scatter.png")
-    keys = [k for k in history[0] if k != "step"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3))
-    for ax, key in zip(np.atleast_1d(axes), keys):
-        ax.plot([h["step"] for h in history], [h[key] for h in history])
-        ax.set(xlabel="step", title=key)
-    fig.suptitle(f"{args.method}: probe (grid) f {accuracy['f']['accuracy']:.3f}, "
-                 f"h {accuracy['h']['accuracy']:.3f}", y=1.05)
-    save(fig, run_dir, "curves.png")
+    if history:  # a run of --steps 0 has no curves
+        keys = [k for k in history[0] if k != "step"]
+        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3))
+        for ax, key in zip(np.atleast_1d(axes), keys):
+            ax.plot([h["step"] for h in history], [h[key] for h in history])
+            ax.set(xlabel="step", title=key)
+        fig.suptitle(f"{args.method}: probe (grid) f {accuracy['f']['accuracy']:.3f}, "
+                     f"h {accuracy['h']['accuracy']:.3f}", y=1.05)
+        save(fig, run_dir, "curves.png")
     plt.close("all")
 
 

@@ -25,14 +25,17 @@ from channel import Channel, grid_offsets
 BAD_INPUTS = [  # (arguments of train.py, what its one-line error must say)
     (["--canvas", "20"], "smaller than the 28x28 crop"), (["--canvas", "58"], "crop grid"),
     (["--beta", "0"], "--beta must be positive"), (["--beta", "nan"], "--beta must be finite"),
-    (["--lr", "inf"], "--lr must be finite"), (["--steps", "0"], "--steps must be positive"),
+    (["--lr", "inf"], "--lr must be finite"), (["--steps", "-1"], "--steps must be non-negative"),
     (["--canvas", "1000000"], "needs about"), (["--batch-size", "100000000"], "needs about"),
     (["--method", "byol"], "invalid choice: 'byol'"), (["--resume"], "no checkpoint"),
     (["--channel-warmup", "0"], "--channel-warmup must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"), (["--canvas", "0"], "be positive"),
     (["--data-dir", "CORRUPT"], "gz: truncated"), (["--samples", "65"], "exceeds the 64 crops"),
     (["--samples", "-1"], "--samples must be non-negative"),
-    (["--method", "simclr", "--samples", "2"], "the flag is for --method ours"),
+    (["--method", "simclr", "--samples", "2"], "the flag is for ours"),
+    (["--method", "simclr", "--channel", "uniform"], "--channel: SimCLR has two uniform views"),
+    (["--samples", "1"], "needs another draw"), (["--weights", "unnormalized"], "for --samples"),
+    (["--objective", "bound", "--samples", "4"], "the bound is taken on the exact sum"),
     (["--schedule", "cosine", "--minutes", "1"], "cannot follow a --minutes budget")]
 
 
@@ -43,8 +46,9 @@ def random_inputs(B=3, K=4, d=5, seed=0, peak=1.0):
     return torch.nn.functional.normalize(z, dim=-1), logp.log_softmax(1)
 
 
-def mi_loop(z, logp, beta, jensen=False):
-    """Equation (2) on the grid, one (i, k) at a time in numpy float64."""
+def mi_loop(z, logp, beta, jensen=False, leave_out_self=False):
+    """Equation (2) on the grid, one (i, k) at a time in numpy float64; leave_out_self: num
+    over l != k, its weights renormalized (the sampled encoder phase's)."""
     B, K, _ = z.shape
     z = z.numpy()  # (B, K, d)
     p = logp.exp().numpy()  # (B, K)
@@ -53,6 +57,9 @@ def mi_loop(z, logp, beta, jensen=False):
         s = beta * z @ z[i, k]  # (B, K) s[i,k,j,l]
         if jensen:  # the SimCLR bound's num: sum_l p[i,l] s[i,k,i,l]
             num = p[i] @ s[i]
+        elif leave_out_self:
+            others = np.arange(K) != k  # (K,)
+            num = math.log(p[i, others] @ np.exp(s[i, others]) / p[i, others].sum())
         else:
             num = math.log(p[i] @ np.exp(s[i]))
         total += p[i, k] * (num - math.log((p * np.exp(s)).sum() / B))

@@ -141,8 +141,8 @@ def main(argv=None):
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     encoder, channel = encoder.to(device), channel.to(device)
     modes = ["grid"]
-    if args.method == "ours":  # a uniform channel has no most probable crops
-        modes.append("topn")
+    if args.method == "ours" and getattr(args, "channel", "learned") == "learned":
+        modes.append("topn")  # a uniform channel has no most probable crops
     if args.dataset == "regional":  # on MNIST every digit is the centre crop
         modes.append("oracle")
     x, y, offsets = load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)

@@ -2,44 +2,61 @@
 
 The poster estimates (2) from draws: T ~ P(T|X) in the encoder's phase, T uniform and weighted
 by P(T|X) in the channel's. With m draws per image (image i = 1..B, draw a = 1..m, c[i,a] the
-index of the crop drawn), both phases are (2) on the B m views u[i,a] = h(t_{c[i,a]}(x_i)) with
-weights w[i,a] in place of P(t_k|x_i), so objective.exact_mi(u, log w) computes them. The views
-are encoded as m crops of 28x28, not as one pass over the canvas: a step costs (B m)^2
+index of the crop drawn), both phases are (2) on the B m views u[i,a] = h(t_{c[i,a]}(x_i)). The
+views are encoded as m crops of 28x28, not as one pass over the canvas: a step costs (B m)^2
 similarities and 2 B m crops, against (B K)^2 and two passes over each canvas for the exact sum.
-Shapes: B batch, K crops, m draws per image, d embedding.
+Shapes: B batch, b images of rows, K crops, m draws per image, d embedding.
 """
 import math
 
 import torch
 
 from channel import crops_at
+from objective import den_sum
 
 
 def draw_from_channel(logp, m, g):
-    """The encoder phase: c[i,a] ~ P(T|x_i) for a = 1..m, with replacement (i.i.d. Monte Carlo
-    draws), each view weighted 1/m: (c (B, m), logw (B, m)). exact_mi(u, logw) is then
-        num[i,a] = log 1/m sum_b exp(s[i,a,i,b])
+    """The encoder phase's draws: c[i,a] ~ P(T|x_i) for a = 1..m, with replacement (i.i.d. Monte
+    Carlo draws): c (B, m)."""
+    return torch.multinomial(logp.exp(), m, replacement=True, generator=g)  # (B, m)
+
+
+def mi_of_draws(u, beta, rows=slice(None)):
+    """The encoder phase's (2) on the views u (B, m, d) of draws from P(T|X), each weighted 1/m:
+
+        num[i,a] = log 1/(m - 1) sum_{b != a} exp(s[i,a,i,b])
         den[i,a] = log 1/(B m) sum_{j,b} exp(s[i,a,j,b])
-        MI_enc   = 1/(B m) sum_{i,a} (num[i,a] - den[i,a])
-    """
-    c = torch.multinomial(logp.exp(), m, replacement=True, generator=g)  # (B, m)
-    return c, logp.new_full(c.shape, -math.log(m))  # (B, m)
+        MI_enc   = 1/(B m) sum_{i in rows, a} (num[i,a] - den[i,a])
+
+    num's inner expectation is over a T' drawn independently of the T that made u[i,a], so the
+    other m - 1 draws estimate it; u[i,a]'s pair with itself (e^beta, at weight 1/m) would not.
+    m = 1 leaves no other draw: the flag refuses it."""
+    B, m, _ = u.shape
+    own = beta * torch.einsum("iad,ibd->iab", u, u)  # (B, m, m) s[i,a,i,b]
+    others = own.masked_fill(torch.eye(m, dtype=torch.bool, device=u.device), float("-inf"))
+    num = torch.logsumexp(others, dim=2) - math.log(m - 1)  # (B, m)
+    logw = u.new_full((B, m), -math.log(m))  # (B, m) each draw weighted 1/m
+    return (num[rows].sum() / m - den_sum(u, logw, beta, rows)) / B
 
 
-def draw_uniform(logp, m, g):
-    """The channel phase: c[i,a] uniform over the K crops without replacement (m <= K), weighted
-    by P(T|x_i) renormalized over them, differentiable in logp: (c (B, m), logw (B, m)).
+def draw_uniform(logp, m, g, weights="self-normalized"):
+    """The channel phase's draws: c[i,a] uniform over the K crops without replacement (m <= K),
+    with log weights differentiable in logp: (c (B, m), logw (B, m)).
 
-        log w[i,a] = logp[i,c[i,a]] - logsumexp_b logp[i,c[i,b]]    (self-normalized weights)
+        self-normalized  log w[i,a] = logp[i,c[i,a]] - logsumexp_b logp[i,c[i,b]]
+        unnormalized     log w[i,a] = logp[i,c[i,a]] + log(K / m)
 
-    exact_mi(u, logw) is then (2) on the drawn crops: consistent, and exact at m = K, where the
-    draws enumerate the grid; for m < K its value and its gradient in eta are biased (a ratio
-    of estimates, inside logs). The gradient reaches eta through w, as in the exact sum, with no
-    score function. The unnormalized weights K p / m would be unbiased inside each expectation
-    of (2), not after its logs, and vary more.
+    objective.exact_mi(u, logw) is then (2) on the drawn crops. Self-normalized: consistent,
+    exact at m = K where the draws enumerate the grid, biased for m < K (a ratio of estimates).
+    Unnormalized (importance weights of uniform draws): unbiased inside each expectation of (2),
+    not after its logs, and of larger variance; exact at m = K too. Either way the gradient
+    reaches eta through w, as in the exact sum, with no score function.
     """
     c = torch.multinomial(torch.ones_like(logp), m, replacement=False, generator=g)  # (B, m)
-    return c, logp.gather(1, c).log_softmax(1)  # (B, m)
+    logp_drawn = logp.gather(1, c)  # (B, m)
+    if weights == "unnormalized":
+        return c, logp_drawn + math.log(logp.shape[1] / m)
+    return c, logp_drawn.log_softmax(1)
 
 
 def views(encoder, x, grid, c, rows=slice(None)):

@@ -17,7 +17,9 @@ from fixtures import BAD_INPUTS, call_at, corrupt_mnist, fake_mnist, load, netwo
 # tests of train.py's Algorithm 1, data.py, distributed.py, objective.py and sampling.py, in files
 # named so that a bare `pytest`, which collects test_*.py, runs each test once, as
 # `pytest test_all.py` does
-from algorithm_tests import (test_channel_step_sees_the_updated_encoder,
+from algorithm_tests import (test_a_uniform_channel_never_moves,
+                             test_channel_step_sees_the_updated_encoder,
+                             test_each_phase_ascends_its_objective,
                              test_lambda_keeps_entropy_and_bf16_training_raises_mi,
                              test_training_raises_mi_and_moves_the_channel_off_blank_crops)
 from data_tests import (test_download_checks_md5_and_leaves_no_partial_file,
@@ -30,7 +32,9 @@ from objective_tests import (test_bound_on_two_uniform_crops_is_nt_xent_but_for_
                              test_streamed_equals_dense_in_value_and_gradient,
                              test_worked_example_is_the_hand_computation)
 from sampling_tests import (test_draws_follow_the_channel_and_estimates_near_the_exact_mi,
-                            test_sampled_step_is_exact_where_draws_enumerate_the_grid)
+                            test_sampled_step_is_exact_where_draws_enumerate_the_grid,
+                            test_sampled_training_raises_mi,
+                            test_unnormalized_weights_are_unbiased_inside_an_expectation)
 
 
 @pytest.mark.parametrize("canvas", [36, 56])

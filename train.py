@@ -9,7 +9,6 @@ The flags are in config.py; `torchrun --nproc_per_node N train.py` runs N proces
 B / N images of every batch (distributed.py: in one process, gather is the identity).
 Shapes: B batch, b images of this process, C canvas side, K crops, d embedding.
 """
-import math
 import os
 import signal
 import sys
@@ -22,12 +21,12 @@ import probe
 from channel import crops_at, entropy, grid_offsets
 from checkpoint import (fresh_or_resumed, save_json, save_run, save_snapshot,
                         stop_if_not_finite)
-from config import parse_args
+from config import describe, parse_args, rates
 from data import load_canvases
 from distributed import any_rank, gather, share_of_mean, sum_gradients, total, world_size
 from model import DTYPES, autocast, resolve_precision
-from objective import exact_mi, nt_xent
-from sampling import draw_from_channel, draw_uniform, views
+from objective import exact_mi, nt_xent, simclr_bound
+from sampling import draw_from_channel, draw_uniform, mi_of_draws, views
 
 
 def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
@@ -38,23 +37,33 @@ def alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g):
     drawn as the poster draws them (sampling.py). xb: this process's canvases of the batch."""
     with autocast(xb.device, args.precision):
         logp = gather(channel(xb))  # (B, K) log P(T|X); eta does not move in (a): (b) reuses it
-    c, logw = crops(args, logp.detach(), g, draw_from_channel)  # none drawn, or m ~ P(T|X)
-    mi = objective(args, encode(args, encoder, xb, grid, c), logw)
+    mi = encoder_objective(args, encoder, xb, grid, logp.detach(), g)
     ascend(opt_theta, encoder, mi)  # (a)
-    c, logw = crops(args, logp, g, draw_uniform)  # none drawn, or m uniform, weighted by P(T|X)
-    with torch.no_grad():
-        z = encode(args, encoder, xb, grid, c)  # (B, m or K, d) by the updated encoder
     H = share_of_mean(entropy, logp)  # H(T|X), exact over the K logits
-    ascend(opt_eta, channel, objective(args, z, logw) + args.entropy_weight * H)  # (b)
+    if args.channel == "learned":  # "uniform": the ablation whose P(T|X) never moves
+        z, logw = channel_views(args, encoder, xb, grid, logp, g)  # held fixed
+        ascend(opt_eta, channel, objective(args, z, logw) + args.entropy_weight * H)  # (b)
     return {"MI": mi.detach(), "H": H.detach()}
 
 
-def crops(args, logp, g, draw):
-    """(c, log w): c None, every crop weighted by P(T|X) (the exact sum); or, with --samples m,
-    the (B, m) crops that draw picks and their log weights (B, m)."""
+def encoder_objective(args, encoder, xb, grid, logp, g):
+    """(a)'s (2): on all K crops weighted by P(T|X); or on m crops per image drawn from P(T|X),
+    each weighted 1/m, a draw's numerator over the other m - 1 (sampling.py)."""
     if not args.samples:
-        return None, logp
-    return draw(logp, args.samples, g)
+        return objective(args, encode(args, encoder, xb, grid, None), logp)
+    c = draw_from_channel(logp, args.samples, g)  # (B, m)
+    return mi_of_draws(encode(args, encoder, xb, grid, c), args.beta, distributed.mine(len(c)))
+
+
+def channel_views(args, encoder, xb, grid, logp, g):
+    """(b)'s views (z, log w), the updated encoder's codes without gradient: all K crops weighted
+    by P(T|X); or m crops per image drawn uniformly, weighted by P(T|X) (sampling.py)."""
+    c, logw = None, logp
+    if args.samples:
+        c, logw = draw_uniform(logp, args.samples, g, args.weights)  # (B, m), (B, m)
+    with torch.no_grad():
+        z = encode(args, encoder, xb, grid, c)  # (B, m or K, d)
+    return z, logw
 
 
 def encode(args, encoder, xb, grid, c):
@@ -65,8 +74,10 @@ def encode(args, encoder, xb, grid, c):
 
 
 def objective(args, z, logw):
-    """(2) on views z weighted by log w, summed over this process's images (all in one)."""
-    return exact_mi(z, logw, args.beta, distributed.mine(len(z)))
+    """(2), or with --objective bound its Jensen bound, on views z weighted by log w, summed over
+    this process's images (all of them in one process)."""
+    estimator = simclr_bound if args.objective == "bound" else exact_mi
+    return estimator(z, logw, args.beta, distributed.mine(len(z)))
 
 
 def ascend(opt, net, value):
@@ -91,13 +102,6 @@ def simclr_step(args, encoder, opt_theta, xb, grid, g):
     return {"loss": loss.detach()}
 
 
-def decay(args, step):
-    """The factor of --lr at step: 1 (--schedule constant), or a cosine from 1 to 0 over --steps."""
-    if args.schedule == "constant":
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * step / args.steps))
-
-
 def setup(args, device, main_process):
     """The train canvases, the crop grid, and the networks, optimizers and generator."""
     try:  # bad data is refused before anything is written
@@ -108,12 +112,9 @@ def setup(args, device, main_process):
     if main_process:
         os.makedirs(args.out, exist_ok=True)
         save_json(os.path.join(args.out, "args.json"), vars(args))
-        objective = "exact MI + lambda H(T|X)" if args.method == "ours" else "-NT-Xent"
-        if args.samples:
-            objective += f", (2) estimated from {args.samples} crops drawn per image"
         print(f"{args.method} on {args.dataset} ({len(x)} canvases of side {args.canvas}) on "
-              f"{device} x {args.world_size}, {args.precision} networks: maximize {objective}",
-              file=sys.stderr)
+              f"{device} x {args.world_size}, {args.precision} networks: maximize "
+              f"{describe(args)}", file=sys.stderr)
     x = x.to(device)  # (N, 1, C, C) uint8
     grid = grid_offsets(args.canvas).to(device)  # (K, 2)
     return x, grid, state, g, step, history
@@ -139,10 +140,8 @@ def main(argv=None):
                 save_snapshot(args, state, step, history)
             idx = torch.randint(len(x), (args.batch_size,), generator=g, device=device)  # (B,)
             xb = x[idx[distributed.mine(args.batch_size)]].to(dtype) / 255  # (b, 1, C, C)
-            rate = args.lr * decay(args, step)
-            opt_theta.param_groups[0]["lr"] = rate
+            opt_theta.param_groups[0]["lr"], opt_eta.param_groups[0]["lr"] = rates(args, step)
             if args.method == "ours":
-                opt_eta.param_groups[0]["lr"] = rate * min(1.0, (step + 1) / args.channel_warmup)
                 shown = alternating_step(args, encoder, channel, opt_theta, opt_eta, xb, grid, g)
             else:
                 shown = simclr_step(args, encoder, opt_theta, xb, grid, g)
