@@ -1,6 +1,6 @@
 """Data: MNIST from its IDX files, and the canvases the method trains on.
 
-Regional MNIST (PAPER.md, "Choices for the data"): each 28x28 digit pasted at a
+Regional MNIST (the poster's, in this project's choice of sizes): each 28x28 digit pasted at a
 uniformly random integer offset on a blank canvas (56x56 by default), the offset
 kept for oracle crops. MNIST: the digit centred on a 36x36 canvas. Whole splits
 live in memory as uint8 tensors (N, 1, C, C); batches are index slices of them.

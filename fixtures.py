@@ -1,6 +1,6 @@
 """Fixtures of the tests: float64 loops of the estimators, tiny MNIST files, a local mirror.
 
-Each is independent of the code it checks: the loops follow PAPER.md's formulas term by
+Each is independent of the code it checks: the loops follow METHOD.md's formulas term by
 term, the IDX writer follows the format, not data.read_idx.
 """
 import gzip

@@ -2,7 +2,7 @@
 
 h is a CNN without padding whose total stride, 4, divides the crop grid's stride, so
 one pass over a whole canvas yields h of every grid crop at once, exactly equal to
-encoding each crop on its own (translation equivariance; PAPER.md, "Choices").
+encoding each crop on its own (translation equivariance; METHOD.md, section 2).
 Each max-pool comes before its ReLU: the same function (ReLU is monotone), on a quarter of
 the values. The weights are held channels-last, where a CPU max-pools 9x faster.
 Shapes: B batch, C canvas side, G crops per side, K = G * G crops, d = dim of z.
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FEATURES = 256  # PAPER.md chose 128; 256 reads higher on the validation split
+FEATURES = 256  # 256 read higher than 128 on the validation split (NOTES.md)
 
 
 class Encoder(nn.Module):
