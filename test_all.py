@@ -1,6 +1,8 @@
 """Tests of crl-tac (`pytest test_all.py`): float64 loops, the math's guarantees, learning."""
 import json
 import math
+import os
+import sys
 import signal
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 import bench
 import model
 import probe
+import reproduce
 import train
 from channel import Channel, crops_at, grid_offsets
 from fixtures import BAD_INPUTS, call_at, corrupt_mnist, fake_mnist, load, networks, run, topn_loop
@@ -168,3 +171,28 @@ def test_bench_times_the_steps_train_py_takes(method):
         assert all(moved[1])  # zeroed last layer has moved
     else:
         assert not any(moved[1])  # simclr does not train the channel
+
+
+def test_reproduce_runs_what_is_missing_and_tabulates_the_probes(tmp_path, monkeypatch):
+    """reproduce.py's bookkeeping, its runs stood in for by processes that write a probe."""
+    monkeypatch.chdir(tmp_path)
+    command = reproduce.command
+
+    def stand_in(method, dataset, seed, extra):  # accuracy 0.9 + seed / 100 in every cell
+        out, argv = command(method, dataset, seed, extra)
+        assert argv[-4:] == ["--out", out, "--device", "cpu"]  # train.py's flags passed on
+        cell = {"f": {"accuracy": 0.9 + seed / 100}, "h": {"accuracy": 0.9 + seed / 100}}
+        probe = {mode: cell for mode in ("grid", "topn", "oracle")}
+        write = f"import json; json.dump({{'probe_test': {probe}}}, open('{out}/metrics.json', 'w'))"
+        return out, [sys.executable, "-c", write]
+    monkeypatch.setattr(reproduce, "command", stand_in)
+    reproduce.main(["--seeds", "0", "1", "--jobs", "3", "--device", "cpu"])
+    rows = reproduce.table([0, 1]).splitlines()
+    assert rows[2] == ("| Regional MNIST, f | 0.9050 +- 0.0071 [0.9551] | 0.9050 +- 0.0071 "
+                       "[0.9552] | 0.9050 +- 0.0071 [0.3156] | 0.9050 +- 0.0071 [0.5144] |")
+    assert rows[4].endswith("| 0.9050 +- 0.0071 [0.9273] | - |")  # MNIST has no oracle
+    monkeypatch.setattr(reproduce.subprocess, "Popen", None)  # all probed: nothing runs again
+    reproduce.main(["--seeds", "0", "1"])
+    os.makedirs("runs/ours-mnist-s2")
+    open("runs/ours-mnist-s2/checkpoint.pt", "w").close()
+    assert command("ours", "mnist", 2, [])[1][-1] == "--resume"  # an interrupted run resumes
