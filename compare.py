@@ -116,7 +116,7 @@ def over_training(run_dir):
     for step in sorted(int(name.split(".")[0]) for name in snapshots) + [final]:
         name = "checkpoint.pt" if step == final else f"snapshots/{step}.pt"
         args, encoder, channel, _ = load_run(run_dir, device, name)
-        feats = [probe.features(encoder, channel, x[part], offsets[part], ["grid"], 10,
+        feats = [probe.features(encoder, channel, x[part], offsets[part], ["grid"], {},
                                 args.precision)["grid"] for part in (fit, scored)]
         row = {"step": step}
         for k in "fh":

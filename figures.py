@@ -99,21 +99,22 @@ def draw_method(run_dir, args, encoder, channel, x, p):
     from matplotlib.patches import Rectangle
     C, G = args.canvas, int(len(p) ** 0.5)
     offsets = grid_offsets(C).numpy()  # (K, 2)
+    image = x[0].cpu().numpy()  # (C, C)
     chosen = [p.argmax(), np.argsort(p)[len(p) // 2], p.argmin()]  # most, middle, least probable
     fig, axes = plt.subplots(1, 5, figsize=(15, 3.2), width_ratios=[1, 1, 0.5, 0.5, 0.5])
-    axes[0].imshow(x[0].cpu(), cmap="gray", extent=(0, C, C, 0))
+    axes[0].imshow(image, cmap="gray", extent=(0, C, C, 0))
     axes[0].scatter(offsets[:, 1] + 14, offsets[:, 0] + 14, s=4, c="c")  # the crop centres
     for k, colour in zip(chosen, ("tab:orange", "tab:green", "tab:red")):
         r, c = offsets[k]
         axes[0].add_patch(Rectangle((c, r), 28, 28, fill=False, ec=colour, lw=2))
     axes[0].set(title=f"x and its K = {len(p)} crops t_k (28x28)", xticks=[], yticks=[])
-    axes[1].imshow(x[0].cpu(), cmap="gray", extent=(0, C, C, 0))
+    axes[1].imshow(image, cmap="gray", extent=(0, C, C, 0))
     axes[1].imshow(p.reshape(G, G), cmap="magma", alpha=0.6, extent=(12, C - 12, C - 12, 12))
     axes[1].set(title="P(T|x) over the crop centres", xticks=[], yticks=[], xlim=(0, C),
                 ylim=(C, 0))
     for ax, k, colour in zip(axes[2:], chosen, ("tab:orange", "tab:green", "tab:red")):
         r, c = offsets[k]
-        ax.imshow(x[0, r:r + 28, c:c + 28].cpu(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(image[r:r + 28, c:c + 28], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"P(t_{k}|x) = {p[k]:.3f}", color=colour)
         ax.set(xticks=[], yticks=[], xlabel="h: 256 features\nz = f(h) / |f(h)| in R^50")
     fig.suptitle("X -> T -> Z: crops t ~ P(T|x), the encoder h and head f give the unit code z, "

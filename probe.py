@@ -5,7 +5,7 @@
 
 Features of the encoder h (256-d) and of the projection head f (d-dim), in three modes:
   grid    averaged over the crop grid under the run's channel P(T|X) (uniform for simclr)
-  topn    averaged over the n most probable crops under P(T|X) (ours)
+  topn    averaged over the n most probable crops under P(T|X) (ours; n by dataset, TOPN)
   oracle  the crop at the true digit offset (the poster's "SimCLR (oracle)")
 A scikit-learn logistic regression on the raw features, divided by one number (their root mean
 square) so that one C grid suits every run: the geometry is kept, so a collapse stays visible.
@@ -36,6 +36,7 @@ CS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # candidate C, widened by decades while th
 SELECT = 10000  # images of the fits that choose C (the chosen C is then refitted on all of them)
 MAX_ITER = 500  # Newton iterations per fit (converged fits here take 7 to 60): past it, reported
 VAL = 50000  # --val fits on train[:VAL] and scores on train[VAL:]
+TOPN = {"regional": 10, "mnist": 10}  # n of topn by dataset, chosen on validation (NOTES.md)
 
 
 def topn_weights(p, n):
@@ -47,7 +48,8 @@ def topn_weights(p, n):
 @torch.no_grad()
 def features(encoder, channel, x, offsets, modes, topn, precision="float32", batch=500):
     """{mode: {"h": (N, 256), "f": (N, d)}} float32 numpy features of uint8 canvases x (N, 1, C, C),
-    the networks run in the precision they were trained in (model.autocast)."""
+    the networks run in the precision they were trained in (model.autocast); topn: {a topn
+    mode: its n}."""
     w = next(encoder.parameters())  # the canvases go in the weights' device and dtype
     out = {m: {"h": [], "f": []} for m in modes}
     for i in range(0, len(x), batch):
@@ -62,7 +64,7 @@ def features(encoder, channel, x, offsets, modes, topn, precision="float32", bat
             if mode == "oracle":
                 pairs = (("h", h_o[:, 0]), ("f", z_o[:, 0]))
             else:
-                w = p if mode == "grid" else topn_weights(p, topn)  # (B, K) weights of the crops
+                w = p if mode == "grid" else topn_weights(p, topn[mode])  # (B, K) crop weights
                 w = w[:, :, None]  # (B, K, 1)
                 pairs = (("h", (w * h).sum(1)), ("f", (w * z).sum(1)))
             for name, value in pairs:
@@ -134,15 +136,18 @@ def main(argv=None):
     p.add_argument("--val", action="store_true", help="score on the last 10,000 train images")
     p.add_argument("--n-train", type=int, default=60000, help="train images (first of the split)")
     p.add_argument("--n-test", type=int, default=10000, help="test images (first of the split)")
-    p.add_argument("--topn", type=int, default=10, help="n of topn (chosen on validation)")
+    p.add_argument("--topn", type=int, nargs="+", help="n of topn (default: TOPN of the "
+                   "dataset); each further n adds a column topN, to choose n on validation")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     args, encoder, channel, history = load_run(a.run_dir)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     encoder, channel = encoder.to(device), channel.to(device)
     modes = ["grid"]
+    n = a.topn or [TOPN[args.dataset]]
+    topn = {"topn": n[0], **{f"top{m}": m for m in n[1:]}}  # {mode: its n}
     if args.method == "ours" and getattr(args, "channel", "learned") == "learned":
-        modes.append("topn")  # a uniform channel has no most probable crops
+        modes += list(topn)  # a uniform channel has no most probable crops
     if args.dataset == "regional":  # on MNIST every digit is the centre crop
         modes.append("oracle")
     x, y, offsets = load_canvases(args.data_dir, "train", args.dataset, args.canvas, args.seed)
@@ -155,7 +160,7 @@ def main(argv=None):
         x_t, y_t, o_t = load_canvases(args.data_dir, "test", args.dataset, args.canvas, args.seed)
         n = a.n_test
         splits = {"train": (x, y, offsets), "test": (x_t[:n], y_t[:n].numpy(), o_t[:n])}
-    feats = {name: features(encoder, channel, xs, o, modes, a.topn, args.precision)
+    feats = {name: features(encoder, channel, xs, o, modes, topn, args.precision)
              for name, (xs, _, o) in splits.items()}
     train_y, test_y = splits["train"][1], splits["test"][1]
     probe = {}
@@ -173,11 +178,8 @@ def main(argv=None):
     if stalled:
         print(f"probe.py: warning: the fits of {', '.join(stalled)} stopped unconverged at "
               f"{MAX_ITER} iterations")
-    path = os.path.join(a.run_dir, "metrics.json")
-    metrics = {}
-    if os.path.exists(path):  # train.py writes it at the end of a run
-        with open(path) as fh:
-            metrics = json.load(fh)
+    path = os.path.join(a.run_dir, "metrics.json")  # train.py writes it at the end of a run
+    metrics = json.load(open(path)) if os.path.exists(path) else {}
     x_s, y_s, _ = splits["test"]  # figures and diagnostics of the scored split
     diagnostics = figures.diagnostics(args, encoder, channel, x_s[:1000].to(device))
     if not a.val:
