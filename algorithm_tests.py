@@ -4,6 +4,11 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import config
+import train
+from channel import grid_offsets
 
 from channel import entropy
 from fixtures import load, networks, one_step, run, run_state
@@ -88,3 +93,27 @@ def test_a_uniform_channel_never_moves(tmp_path):
     assert all(torch.equal(w, after["channel"][k]) for k, w in before["channel"].items())
     assert not torch.equal(before["encoder"]["f.2.weight"], after["encoder"]["f.2.weight"])
     assert [h["H"] for h in after["history"]] == pytest.approx([math.log(64)] * 5, abs=4e-6)
+
+
+class FailOnHostSync(TorchDispatchMode):
+    """Raises where an op would copy a tensor's value to the host (a GPU would wait there)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            raise AssertionError(f"a host sync inside the step: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("flags", [["--samples", "0"], ["--samples", "4"], ["--method", "simclr"]])
+def test_a_step_never_syncs_with_the_host(flags):
+    """What a captured CUDA graph needs of a step: no value read back by the host. By SGD, as
+    Adam's CPU step reads its step count on the host (its capturable CUDA form does not)."""
+    args = config.parse_args(["--canvas", "36", "--precision", "float32", *flags])
+    encoder, channel = (net.float() for net in networks(peaked=True))
+    sgd = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (encoder, channel)]
+    x, grid, g = torch.rand(4, 1, 36, 36), grid_offsets(36), torch.Generator().manual_seed(0)
+    with FailOnHostSync():
+        if args.method == "ours":
+            train.alternating_step(args, encoder, channel, *sgd, x, grid, g)
+        else:
+            train.simclr_step(args, encoder, sgd[0], x, grid, g)

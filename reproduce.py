@@ -1,4 +1,4 @@
-"""The poster's results table, reproduced: ours and SimCLR on Regional MNIST and MNIST, seeds 0 to 5.
+"""The poster's results table, reproduced: ours and SimCLR, Regional MNIST and MNIST, seeds 0 to 5.
 
     python reproduce.py                    # every run not done yet, then the table
     python reproduce.py --seeds 0 1 --jobs 4

@@ -1,7 +1,6 @@
 """Tests of crl-tac (`pytest test_all.py`): float64 loops, the math's guarantees, learning."""
 import json
 import math
-import os
 import sys
 import signal
 
@@ -20,7 +19,8 @@ from fixtures import BAD_INPUTS, call_at, corrupt_mnist, fake_mnist, load, netwo
 # tests of train.py's Algorithm 1, data.py, distributed.py, objective.py and sampling.py, in files
 # named so that a bare `pytest`, which collects test_*.py, runs each test once, as
 # `pytest test_all.py` does
-from algorithm_tests import (test_a_uniform_channel_never_moves,
+from algorithm_tests import (test_a_step_never_syncs_with_the_host,
+                             test_a_uniform_channel_never_moves,
                              test_channel_step_sees_the_updated_encoder,
                              test_each_phase_ascends_its_objective,
                              test_lambda_keeps_entropy_and_bf16_training_raises_mi,
@@ -183,7 +183,8 @@ def test_reproduce_runs_what_is_missing_and_tabulates_the_probes(tmp_path, monke
         assert argv[-4:] == ["--out", out, "--device", "cpu"]  # train.py's flags passed on
         cell = {"f": {"accuracy": 0.9 + seed / 100}, "h": {"accuracy": 0.9 + seed / 100}}
         probe = {mode: cell for mode in ("grid", "topn", "oracle")}
-        write = f"import json; json.dump({{'probe_test': {probe}}}, open('{out}/metrics.json', 'w'))"
+        path = f"{out}/metrics.json"
+        write = f"import json; json.dump({{'probe_test': {probe}}}, open('{path}', 'w'))"
         return out, [sys.executable, "-c", write]
     monkeypatch.setattr(reproduce, "command", stand_in)
     reproduce.main(["--seeds", "0", "1", "--jobs", "3", "--device", "cpu"])
@@ -193,6 +194,6 @@ def test_reproduce_runs_what_is_missing_and_tabulates_the_probes(tmp_path, monke
     assert rows[4].endswith("| 0.9050 +- 0.0071 [0.9273] | - |")  # MNIST has no oracle
     monkeypatch.setattr(reproduce.subprocess, "Popen", None)  # all probed: nothing runs again
     reproduce.main(["--seeds", "0", "1"])
-    os.makedirs("runs/ours-mnist-s2")
-    open("runs/ours-mnist-s2/checkpoint.pt", "w").close()
+    (tmp_path / "runs" / "ours-mnist-s2").mkdir()
+    (tmp_path / "runs" / "ours-mnist-s2" / "checkpoint.pt").touch()
     assert command("ours", "mnist", 2, [])[1][-1] == "--resume"  # an interrupted run resumes
