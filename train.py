@@ -23,7 +23,7 @@ from checkpoint import (fresh_or_resumed, save_json, save_run, save_snapshot,
                         stop_if_not_finite)
 from config import describe, parse_args, rates
 from data import load_canvases
-from distributed import any_rank, gather, share_of_mean, sum_gradients, total, world_size
+from distributed import any_rank, gather, share_of_mean, sum_gradients, total
 from model import DTYPES, autocast, resolve_precision
 from objective import exact_mi, nt_xent, simclr_bound
 from sampling import draw_from_channel, draw_uniform, mi_of_draws, views
@@ -70,7 +70,8 @@ def encode(args, encoder, xb, grid, c):
     """z (B, m or K, d) of the batch's views c (all K crops where c is None): this process
     encodes its own canvases xb, and gather brings every process's (distributed.py)."""
     with autocast(xb.device, args.precision):
-        return gather(views(encoder, xb, grid, c, distributed.mine(len(xb) * world_size())))
+        batch = len(xb) * distributed.world_size()  # B, of which xb is this process's share
+        return gather(views(encoder, xb, grid, c, distributed.mine(batch)))
 
 
 def objective(args, z, logw):
