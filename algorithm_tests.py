@@ -7,11 +7,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import config
+import objective
 import train
-from channel import grid_offsets
-
-from channel import entropy
-from fixtures import load, networks, one_step, run, run_state
+from channel import entropy, grid_offsets
+from fixtures import assert_close_to_largest, load, networks, one_step, run, run_state
 from objective import exact_mi, simclr_bound
 
 
@@ -19,7 +18,7 @@ def test_channel_step_sees_the_updated_encoder():
     """(b) differentiates (2) + lambda H(T|X) at the encoder that (a) left, not at the one before
     it. Float64 networks, (a) by SGD at rate 1, which moves (b)'s gradients by 2% of their
     largest entry; float64 sums in another order agree to n u |terms| <= 1,300 x 1.1e-16 x beta
-    = 7e-13 (allowed 1e-12 and 1e-9 of each value; measured 2e-15 of the largest entry)."""
+    = 7e-13 of the terms (allowed 1e-10 of the largest entry; measured 2e-15)."""
     x = torch.rand(4, 1, 36, 36, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grads, (updated, _) = one_step(x, [], peaked=True, rate=1.0)[1:]
     before, channel = networks(peaked=True)  # the networks the step started from
@@ -30,7 +29,7 @@ def test_channel_step_sees_the_updated_encoder():
             z = encoder(x)[1]  # (4, 9, 50)
         objective = exact_mi(z, logp, 5.0) + 0.5 * entropy(logp)  # the defaults' beta, lambda
         expected[name] = torch.autograd.grad(-objective, list(channel.parameters()))
-    torch.testing.assert_close(grads["channel"], list(expected["updated"]), rtol=1e-9, atol=1e-12)
+    assert_close_to_largest(grads["channel"], expected["updated"], 1e-10)
     apart = [(a - b).abs().max() / b.abs().max() for a, b in zip(*expected.values())]
     assert max(apart) > 1e-3  # the test can tell the two orders apart
 
@@ -46,7 +45,7 @@ def test_training_raises_mi_and_moves_the_channel_off_blank_crops(tmp_path):
     run(tmp_path, "trained", *common, "--steps", "60")
     start, trained = run_state(tmp_path, "start"), run_state(tmp_path, "trained")
     assert trained["mi"] > start["mi"] + 0.4  # both steps ascend the MI, the encoder's most
-    assert trained["blank_mass"] < 0.9 * start["blank_mass"]  # a uniform channel reads 1.0
+    assert trained["blank_mass"] < 0.9 * start["blank_mass"]  # the start's channel is uniform
 
 
 def test_lambda_keeps_entropy_and_bf16_training_raises_mi(tmp_path):
@@ -76,11 +75,11 @@ def test_each_phase_ascends_its_objective(objective):
     estimator = simclr_bound if objective == "bound" else exact_mi
     value = estimator(encoder(x)[1], channel(x).detach(), 5.0)  # (a)
     expected = torch.autograd.grad(-value, list(encoder.parameters()))
-    torch.testing.assert_close(grads["encoder"], list(expected), rtol=1e-9, atol=1e-12)
+    assert_close_to_largest(grads["encoder"], expected, 1e-10)
     logp = channel(x)  # (4, 9)
     value = estimator(encoder(x)[1].detach(), logp, 5.0) + 0.5 * entropy(logp)  # (b)
     expected = torch.autograd.grad(-value, list(channel.parameters()))
-    torch.testing.assert_close(grads["channel"], list(expected), rtol=1e-9, atol=1e-12)
+    assert_close_to_largest(grads["channel"], expected, 1e-10)
 
 
 def test_a_uniform_channel_never_moves(tmp_path):
@@ -104,10 +103,16 @@ class FailOnHostSync(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("flags", [["--samples", "0"], ["--samples", "4"], ["--method", "simclr"]])
-def test_a_step_never_syncs_with_the_host(flags):
-    """What a captured CUDA graph needs of a step: no value read back by the host. By SGD, as
-    Adam's CPU step reads its step count on the host (its capturable CUDA form does not)."""
+STEPS = [(["--samples", "0"], 192), (["--samples", "0"], 0), (["--samples", "4"], 192),
+         (["--method", "simclr"], 0)]  # (flags, DENSE_ROWS): (2) dense, then streamed
+
+
+@pytest.mark.parametrize("flags, dense_rows", STEPS)
+def test_a_step_never_syncs_with_the_host(flags, dense_rows, monkeypatch):
+    """What a captured CUDA graph needs of a step: no value read back by the host, with (2) dense
+    or streamed (dense_rows 0, as at the defaults' size). By SGD, as Adam's CPU step reads its
+    step count on the host (its capturable CUDA form does not)."""
+    monkeypatch.setattr(objective, "DENSE_ROWS", dense_rows)
     args = config.parse_args(["--canvas", "36", "--precision", "float32", *flags])
     encoder, channel = (net.float() for net in networks(peaked=True))
     sgd = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (encoder, channel)]

@@ -91,8 +91,8 @@ def check_args(p, args):
         p.error("--samples 1: a draw's numerator needs another draw of its image; use 2 or more")
     if args.objective == "bound" and args.samples:
         p.error("--objective bound: the bound is taken on the exact sum, without --samples")
-    if args.weights != "self-normalized" and not args.samples:
-        p.error("--weights: the exact sum weighs every crop by P(T|X); the flag is for --samples")
+    if args.weights != "self-normalized" and (not args.samples or args.channel == "uniform"):
+        p.error("--weights: only the channel phase of --samples weighs its draws")
     steps, B, C = DEFAULTS[args.method, args.dataset]
     if args.minutes:
         steps = 10**9  # the --minutes budget ends the run

@@ -1,6 +1,9 @@
 """Tests of data.py (MNIST files, downloads, canvases, memory) and of what other machines lack;
 `pytest test_all.py` runs them."""
+import hashlib
+import http.server
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -9,7 +12,26 @@ import torch
 import data
 import model
 from channel import crops_at
-from fixtures import Mirror, fake_mnist, run, serve, write_idx
+from fixtures import fake_mnist, run, write_idx
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    """A local stand-in of an MNIST mirror: 5,000 random bytes and their MD5."""
+    body = os.urandom(5000)
+    md5 = hashlib.md5(body).hexdigest()
+
+    def do_GET(self):  # /drop: the connection dies after 1,000 of the 5,000 bytes
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[:1000] if self.path == "/drop" else self.body)
+
+
+def serve(handler):
+    """(server, its URL) of handler on a free port of this machine, serving in a thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
 
 
 def test_regional_canvases_are_deterministic_and_hold_the_digit():

@@ -53,11 +53,12 @@ def test_two_processes_give_the_gradients_and_weights_of_one(tmp_path):
     order moves a sum of n terms by at most n u times their sizes: n <= (B K)^2 = 262,144
     similarities of size <= beta = 5 gives 1.5e-10, 1e-8 of the largest gradient entry even where
     the MI's near-zero start cancels its terms 70-fold. Adam moves a weight by lr m / (sqrt(v) +
-    eps): a gradient changed by a relative r moves it by <= 2 r lr, one of absolute size d near
-    eps by <= lr d / (4 eps); three steps, <= 1e-10 (d ~ 1e-15). Tested: the first step's
-    gradients (Adam's first moment after one step, 0.1 g) to 1e-8 of the largest entry, which
-    fails on a gather that drops the others' gradient and on a world-size factor missing or
-    doubled (checked by hand); the weights after three steps to 1e-9."""
+    eps): a gradient changed by a relative r moves it by <= 2 r lr, a change d of a gradient near
+    0 by <= lr d / eps = 1e5 d; at float64's d ~ 1e-15 (measured 3e-12 of the largest entry,
+    about 1e-14), three steps move a weight by <= 1e-9. Tested: the first step's gradients
+    (Adam's first moment after one step, 0.1 g) to 1e-8 of the largest entry, which fails on a
+    gather that drops the others' gradient and on a world-size factor missing or doubled
+    (checked by hand); the weights after three steps to 1e-9."""
     fake_mnist(tmp_path / "mnist")
     launch(1, runs_of(tmp_path, 1))
     launch(2, runs_of(tmp_path, 2))

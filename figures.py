@@ -118,7 +118,8 @@ def draw_method(run_dir, args, encoder, channel, x, p):
         ax.set_title(f"P(t_{k}|x) = {p[k]:.3f}", color=colour)
         ax.set(xticks=[], yticks=[], xlabel="h: 256 features\nz = f(h) / |f(h)| in R^50")
     fig.suptitle("X -> T -> Z: crops t ~ P(T|x), the encoder h and head f give the unit code z, "
-                 "Z ~ exp(beta S(Z, z)) around it; (2) sums over all K crops", y=1.04)
+                 "Z ~ exp(beta S(Z, z)) around it; (2) sums over all K crops (or --samples m)",
+                 y=1.04)
     save(fig, run_dir, "method.png")
 
 

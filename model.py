@@ -52,5 +52,6 @@ def resolve_precision(precision, device):
 
 
 def autocast(device, precision):
-    """The networks' passes in bfloat16 ("bf16") or not ("float32"); z, log P come out float32."""
+    """The networks' passes in bfloat16 ("bf16") or not; z and log P come out in the input's
+    dtype."""
     return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")

@@ -7,8 +7,8 @@ h(T(X)))), S the cosine similarity and Z replaced by its mean direction z = h(T(
 
 On a crop grid every expectation over T is a sum over the K crops, and X~ runs over the batch:
     s[i,k,j,l] = beta <z[i,k], z[j,l]>
-    num[i,k]   = logsumexp_l (logp[i,l] + s[i,k,i,l])                 alignment, H(Z|X)
-    den[i,k]   = logsumexp_{j,l} (logp[j,l] + s[i,k,j,l]) - log B     uniformity, H(Z)
+    num[i,k]   = logsumexp_l (logp[i,l] + s[i,k,i,l])                 alignment, -H(Z|X)
+    den[i,k]   = logsumexp_{j,l} (logp[j,l] + s[i,k,j,l]) - log B     uniformity, -H(Z)
     MI         = 1/B sum_i sum_k p[i,k] (num[i,k] - den[i,k])
 exact_mi computes den as it reads, all (B K)^2 similarities at once, for a small batch; past
 DENSE_ROWS rows it streams them (_WeightedLogSumExp): the same value and gradient, tested equal.
@@ -96,14 +96,14 @@ def worked_example():
     z = torch.stack([e[[0, 0, 2, 2]], e[[1, 1, 2, 2]]])  # (2, 4, 3)
     beta = math.log(4)
     s = beta * torch.einsum("ikd,jld->ikjl", z, z)  # (2, 4, 2, 4)
-    rows = {}
+    table = {}
     for p in ((0.25, 0.25, 0.25, 0.25), (0.4, 0.4, 0.1, 0.1), (0.5, 0.5, 0.0, 0.0)):
         logp = torch.tensor([p, p], dtype=torch.float64).log()  # (2, 4)
         num = torch.logsumexp(logp[0] + s[0, :, 0], dim=1)  # (4,) image 1's crops
         den = torch.logsumexp((logp + s[0]).flatten(1), dim=1) - math.log(2)  # (4,)
         sums = (num.exp()[0], den.exp()[0], num.exp()[2], den.exp()[2])
-        rows[p] = (*[v.item() for v in sums], exact_mi(z, logp, beta).item())
-    return rows
+        table[p] = (*[v.item() for v in sums], exact_mi(z, logp, beta).item())
+    return table
 
 
 def main():

@@ -8,11 +8,10 @@ Features of the encoder h (256-d) and of the projection head f (d-dim), in three
   topn    averaged over the n most probable crops under P(T|X) (ours; n by dataset, TOPN)
   oracle  the crop at the true digit offset (the poster's "SimCLR (oracle)")
 A scikit-learn logistic regression on the raw features, divided by one number (their root mean
-square) so that one C grid suits every run: the geometry is kept, so a collapse stays visible.
-Beside it, for `grid`, the same on standardized features (each feature rescaled on its own),
-which shows how much of a low number is scale rather than geometry. C is chosen on the last
-fifth of the fitting images, never on the scored split; every fit reports whether it converged.
-Development decisions use --val; the test split is read only for the reported table.
+square) so that one C grid suits every run: the geometry is kept, so a collapse stays visible;
+beside it, for `grid`, one on standardized features shows how much of a low number is scale. C
+is chosen on the last fifth of the fitting images, never on the scored split; every fit reports
+whether it converged. Development decisions use --val; the test split, only the reported table.
 """
 import argparse
 import json
@@ -50,11 +49,11 @@ def features(encoder, channel, x, offsets, modes, topn, precision="float32", bat
     """{mode: {"h": (N, 256), "f": (N, d)}} float32 numpy features of uint8 canvases x (N, 1, C, C),
     the networks run in the precision they were trained in (model.autocast); topn: {a topn
     mode: its n}."""
-    w = next(encoder.parameters())  # the canvases go in the weights' device and dtype
+    param = next(encoder.parameters())  # the canvases go in the weights' device and dtype
     out = {m: {"h": [], "f": []} for m in modes}
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch].to(w.device, w.dtype) / 255  # (B, 1, C, C)
-        with autocast(w.device, precision):
+        xb = x[i:i + batch].to(param.device, param.dtype) / 255  # (B, 1, C, C)
+        with autocast(param.device, precision):
             h, z = encoder(xb)  # (B, K, 256), (B, K, d)
             p = channel(xb).exp()  # (B, K)
             if "oracle" in modes:
@@ -139,6 +138,8 @@ def main(argv=None):
     p.add_argument("--topn", type=int, nargs="+", help="n of topn (default: TOPN of the "
                    "dataset); each further n adds a column topN, to choose n on validation")
     a = p.parse_args(argv)
+    if a.topn and min(a.topn) < 1:
+        p.error(f"--topn must be positive, got {min(a.topn)}")
     t0 = time.perf_counter()
     args, encoder, channel, history = load_run(a.run_dir)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -190,7 +191,6 @@ def main(argv=None):
     metrics[f"probe_{key}"] = {**probe, "grid_standardized": standardized,
                                "images": {"fit": len(train_y), "scored": len(test_y)},
                                "diagnostics": diagnostics, "seconds": time.perf_counter() - t0}
-    metrics["probe_seconds"] = metrics[f"probe_{key}"]["seconds"]
     save_json(path, metrics)
     return probe
 

@@ -2,7 +2,7 @@
 
 The poster estimates (2) from draws: T ~ P(T|X) in the encoder's phase, T uniform and weighted
 by P(T|X) in the channel's. With m draws per image (image i = 1..B, draw a = 1..m, c[i,a] the
-index of the crop drawn), both phases are (2) on the B m views u[i,a] = h(t_{c[i,a]}(x_i)). The
+index of the crop drawn), both phases estimate (2) on the views u[i,a] = h(t_{c[i,a]}(x_i)). The
 views are encoded as m crops of 28x28, not as one pass over the canvas: a step costs (B m)^2
 similarities and 2 B m crops, against (B K)^2 and two passes over each canvas for the exact sum.
 Shapes: B batch, b images of rows, K crops, m draws per image, d embedding.
@@ -12,7 +12,6 @@ import math
 import torch
 
 from channel import crops_at
-from objective import den_sum
 
 
 def draw_from_channel(logp, m, g):
@@ -22,21 +21,25 @@ def draw_from_channel(logp, m, g):
 
 
 def mi_of_draws(u, beta, rows=slice(None)):
-    """The encoder phase's (2) on the views u (B, m, d) of draws from P(T|X), each weighted 1/m:
+    """The encoder phase's (2) on the views u (B, m, d) of m draws per image from P(T|X):
 
         num[i,a] = log 1/(m - 1) sum_{b != a} exp(s[i,a,i,b])
-        den[i,a] = log 1/(B m) sum_{j,b} exp(s[i,a,j,b])
+        den[i,a] = log 1/B (exp(num[i,a]) + sum_{j != i} 1/m sum_b exp(s[i,a,j,b]))
         MI_enc   = 1/(B m) sum_{i in rows, a} (num[i,a] - den[i,a])
 
-    num's inner expectation is over a T' drawn independently of the T that made u[i,a], so the
-    other m - 1 draws estimate it; u[i,a]'s pair with itself (e^beta, at weight 1/m) would not.
-    m = 1 leaves no other draw: the flag refuses it."""
+    T' (num) and T'' (den, where X~ is x_i itself) are drawn independently of the T that made
+    u[i,a], so the other m - 1 draws of its image estimate both; u[i,a]'s pair with itself
+    (e^beta, at weight 1/m, not P(T|x)'s) would not. m = 1 leaves no other draw: refused."""
     B, m, _ = u.shape
-    own = beta * torch.einsum("iad,ibd->iab", u, u)  # (B, m, m) s[i,a,i,b]
-    others = own.masked_fill(torch.eye(m, dtype=torch.bool, device=u.device), float("-inf"))
-    num = torch.logsumexp(others, dim=2) - math.log(m - 1)  # (B, m)
-    logw = u.new_full((B, m), -math.log(m))  # (B, m) each draw weighted 1/m
-    return (num[rows].sum() / m - den_sum(u, logw, beta, rows)) / B
+    s = beta * torch.einsum("iad,jbd->iajb", u[rows], u)  # (b, m, B, m) s[i,a,j,b] of the rows
+    i = torch.arange(B, device=u.device)[rows]  # (b,) the rows' images
+    own = s[torch.arange(len(i)), :, i]  # (b, m, m) s[i,a,i,b]
+    self_pair = torch.eye(m, dtype=torch.bool, device=u.device)  # (m, m)
+    num = torch.logsumexp(own.masked_fill(self_pair, float("-inf")), 2) - math.log(m - 1)  # (b, m)
+    own_image = i[:, None, None, None] == torch.arange(B, device=u.device)[:, None]  # (b, 1, B, 1)
+    others = s.masked_fill(own_image, float("-inf")).flatten(2)  # (b, m, B m) j != i
+    den = torch.logaddexp(num, torch.logsumexp(others, 2) - math.log(m)) - math.log(B)  # (b, m)
+    return (num - den).sum() / (B * m)
 
 
 def draw_uniform(logp, m, g, weights="self-normalized"):
@@ -48,15 +51,17 @@ def draw_uniform(logp, m, g, weights="self-normalized"):
 
     objective.exact_mi(u, logw) is then (2) on the drawn crops. Self-normalized: consistent,
     exact at m = K where the draws enumerate the grid, biased for m < K (a ratio of estimates).
-    Unnormalized (importance weights of uniform draws): unbiased inside each expectation of (2),
-    not after its logs, and of larger variance; exact at m = K too. Either way the gradient
+    Unnormalized (importance weights of uniform draws): unbiased for the outer E_{T|X} and for
+    the sums over other images' crops, but a draw's sums over its own image count its pair with
+    itself at weight K p / m and each other crop with chance (m - 1) / (K - 1); of larger
+    variance; exact at m = K too. Either way the logs bias (2) for m < K, and the gradient
     reaches eta through w, as in the exact sum, with no score function.
     """
     c = torch.multinomial(torch.ones_like(logp), m, replacement=False, generator=g)  # (B, m)
     logp_drawn = logp.gather(1, c)  # (B, m)
     if weights == "unnormalized":
-        return c, logp_drawn + math.log(logp.shape[1] / m)
-    return c, logp_drawn.log_softmax(1)
+        return c, logp_drawn + math.log(logp.shape[1] / m)  # (B, m)
+    return c, logp_drawn.log_softmax(1)  # (B, m)
 
 
 def views(encoder, x, grid, c, rows=slice(None)):

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 import train
-from fixtures import mi_loop, networks, one_step, random_inputs, run, run_state
+from fixtures import (assert_close_to_largest, mi_loop, networks, one_step, random_inputs, run,
+                      run_state)
 from objective import exact_mi
 from sampling import draw_from_channel, draw_uniform, mi_of_draws
 
 # float64: the two sides' sums differ in order (crops encoded one by one or in one pass), by at
-# most n u |terms| = (B K)^2 x 1.1e-16 x beta = 4e-13 here (measured 6e-16 on the MI, 1e-13 of
-# the largest gradient entry)
-CLOSE = dict(rtol=1e-9, atol=1e-12)
+# most n u |terms| = (B K)^2 x 1.1e-16 x beta = 4e-13 of the terms here: allowed 1e-10 of the
+# largest entry (measured: the MI equal, the gradients to 1e-13 of their largest entry)
+CLOSE = 1e-10
 
 
 @pytest.mark.parametrize("weights", ["self-normalized", "unnormalized"])
@@ -28,7 +29,7 @@ def test_sampled_step_is_exact_where_draws_enumerate_the_grid(monkeypatch, weigh
     monkeypatch.setattr(torch, "multinomial", lambda p, m, **_: order)
     mi = one_step(x, ["--samples", "9", "--weights", weights])[0]
     z = networks()[0](x)[1]  # (3, 9, 50) one pass over the canvases
-    torch.testing.assert_close(mi, mi_of_draws(z[torch.arange(3)[:, None], order], 5.0), **CLOSE)
+    assert_close_to_largest([mi], [mi_of_draws(z[torch.arange(3)[:, None], order], 5.0)], CLOSE)
     lam = 0.5
     channel_grads = {}  # {(samples, lambda): the channel's gradients}
     for samples in ("0", "9"):
@@ -38,13 +39,13 @@ def test_sampled_step_is_exact_where_draws_enumerate_the_grid(monkeypatch, weigh
                 flags += ["--weights", weights]
             _, grads, (_, channel) = one_step(x, flags, peaked=True)
             channel_grads[samples, weight] = grads["channel"]
-    torch.testing.assert_close(channel_grads["9", lam], channel_grads["0", lam], **CLOSE)
+    assert_close_to_largest(channel_grads["9", lam], channel_grads["0", lam], CLOSE)
     H = torch.distributions.Categorical(logits=channel.net(x).flatten(1)).entropy().mean()
     dH = torch.autograd.grad(H, list(channel.parameters()))  # independent of channel.entropy
     for samples in ("0", "9"):  # the channel's loss is -(MI + lambda H(T|X))
         with_lambda, without = channel_grads[samples, lam], channel_grads[samples, 0.0]
         difference = [a - b for a, b in zip(with_lambda, without)]
-        torch.testing.assert_close(difference, [-lam * d for d in dH], **CLOSE)
+        assert_close_to_largest(difference, [-lam * d for d in dH], CLOSE)
 
 
 def test_draws_follow_the_channel_and_estimates_near_the_exact_mi(monkeypatch):
@@ -92,9 +93,9 @@ def test_draws_follow_the_channel_and_estimates_near_the_exact_mi(monkeypatch):
 
 
 def test_unnormalized_weights_are_unbiased_inside_an_expectation(monkeypatch):
-    """Over the 6 equally likely pairs of K = 4 crops drawn uniformly, sum_a w[i,a] f(c[i,a])
-    averages to E_{T|x} f = sum_k p[i,k] f(k) exactly with the weights K p / m, not with the
-    self-normalized ones (a ratio of estimates)."""
+    """The outer expectation E_{T|x} f = sum_k p[i,k] f(k): over the 6 equally likely pairs of
+    K = 4 crops drawn uniformly, sum_a w[i,a] f(c[i,a]) averages to it exactly with the weights
+    K p / m, not with the self-normalized ones (a ratio of estimates)."""
     logp = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64).log()  # (1, 4)
     f = torch.tensor([1.0, -2.0, 5.0, 3.0], dtype=torch.float64)  # (4,)
     averages = {}

@@ -70,8 +70,8 @@ def encode(args, encoder, xb, grid, c):
     """z (B, m or K, d) of the batch's views c (all K crops where c is None): this process
     encodes its own canvases xb, and gather brings every process's (distributed.py)."""
     with autocast(xb.device, args.precision):
-        batch = len(xb) * distributed.world_size()  # B, of which xb is this process's share
-        return gather(views(encoder, xb, grid, c, distributed.mine(batch)))
+        B = len(xb) * distributed.world_size()  # of which xb is this process's share
+        return gather(views(encoder, xb, grid, c, distributed.mine(B)))
 
 
 def objective(args, z, logw):
