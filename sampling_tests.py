@@ -112,11 +112,11 @@ def test_unnormalized_weights_are_unbiased_inside_an_expectation(monkeypatch):
 
 
 def test_sampled_training_raises_mi(tmp_path):
-    """60 steps of m = 16 on tiny data raise the MI by more than 0.2 nats (measured 0.43); fails
-    if the MI's sign flips or the encoder gets no gradient. (Its channel first moves onto the
-    blank crops here, unlike the exact sum's: measured 1.03 of uniform's mass.)"""
+    """60 steps of m = 16 on tiny data raise the MI by more than 0.3 nats (measured 0.63); fails
+    if the MI's sign flips or the encoder gets no gradient. (Its channel's mass on blank crops
+    falls to 0.84 of uniform's, the exact sum's to 0.74.)"""
     common = ["--batch-size", "16", "--lr", "3e-3", "--no-probe", "--precision", "float32",
               "--channel-warmup", "10", "--samples", "16"]
     run(tmp_path, "start", *common, "--steps", "1")
     run(tmp_path, "trained", *common, "--steps", "60")
-    assert run_state(tmp_path, "trained")["mi"] > run_state(tmp_path, "start")["mi"] + 0.2
+    assert run_state(tmp_path, "trained")["mi"] > run_state(tmp_path, "start")["mi"] + 0.3
