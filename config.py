@@ -11,11 +11,14 @@ import torch
 from channel import check_canvas, grid_offsets
 from data import check_memory
 
-# (steps, B, C) of each --method and --dataset, chosen on validation: ours' f and h still rise at
-# 12,000 steps on Regional MNIST, its f falls past 1,000 on MNIST (the codes learn to tell images
-# apart, not classes); SimCLR's best of B 32, 64, 128 for 3,000 to 12,000 steps is B 128 for 6,000
-DEFAULTS = {("ours", "regional"): (12000, 32, 56), ("simclr", "regional"): (6000, 128, 56),
-            ("ours", "mnist"): (1000, 64, 36), ("simclr", "mnist"): (1000, 64, 36)}
+# (steps, B, C, Adam rate) of each --method and --dataset, chosen on validation (NOTES.md): ours'
+# f and h still rise at 12,000 steps on Regional MNIST, its f falls past 1,000 on MNIST (the codes
+# learn to tell images apart, not classes); SimCLR's best of B 32, 64, 128 for 3,000 to 12,000
+# steps is B 128 for 6,000
+DEFAULTS = {("ours", "regional"): (12000, 32, 56, 1e-3),
+            ("simclr", "regional"): (6000, 128, 56, 1e-3),
+            ("ours", "mnist"): (1000, 64, 36, 1e-3),
+            ("simclr", "mnist"): (1000, 64, 36, 1e-3)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,7 +37,7 @@ def parse_args(argv):
     add("--batch-size", type=int, help="B, images per step (default: config.py's DEFAULTS)")
     add("--beta", type=float, default=5.0, help="beta, inverse temperature (SimCLR's 1/tau)")
     add("--entropy-weight", type=float, default=0.5, help="lambda, weight of H(T|X)")
-    add("--lr", type=float, default=1e-3, help="Adam learning rate of theta and eta")
+    add("--lr", type=float, help="Adam rate of theta and eta (default: config.py's DEFAULTS)")
     add("--channel-warmup", type=int, default=250, help="steps of eta's rate rising to --lr")
     add("--schedule", choices=["constant", "cosine"], default="constant",
         help="both rates: --lr throughout, or a cosine from --lr to 0 over --steps")
@@ -93,12 +96,13 @@ def check_args(p, args):
         p.error("--objective bound: the bound is taken on the exact sum, without --samples")
     if args.weights != "self-normalized" and (not args.samples or args.channel == "uniform"):
         p.error("--weights: only the channel phase of --samples weighs its draws")
-    steps, B, C = DEFAULTS[args.method, args.dataset]
+    steps, B, C, lr = DEFAULTS[args.method, args.dataset]
     if args.minutes:
         steps = 10**9  # the --minutes budget ends the run
     args.steps = steps if args.steps is None else args.steps
     args.batch_size = args.batch_size or B
     args.canvas = args.canvas or C
+    args.lr = args.lr or lr
     ablations = {"-bound": args.objective == "bound", "-uniform": args.channel == "uniform",
                  f"-m{args.samples}": args.samples,
                  "-unnormalized": args.weights == "unnormalized"}
