@@ -14,7 +14,8 @@ from sampling import draw_from_channel, draw_uniform, mi_of_draws
 
 # float64: the two sides' sums differ in order (crops encoded one by one or in one pass), by at
 # most n u |terms| = (B K)^2 x 1.1e-16 x beta = 4e-13 of the terms here: allowed 1e-10 of the
-# largest entry (measured: the MI equal, the gradients to 1e-13 of their largest entry)
+# largest entry, and 1e-10 of beta for an MI near 0 (measured: the MI 1e-16 apart, the gradients
+# to 1e-13 of their largest entry)
 CLOSE = 1e-10
 
 
@@ -29,7 +30,10 @@ def test_sampled_step_is_exact_where_draws_enumerate_the_grid(monkeypatch, weigh
     monkeypatch.setattr(torch, "multinomial", lambda p, m, **_: order)
     mi = one_step(x, ["--samples", "9", "--weights", weights])[0]
     z = networks()[0](x)[1]  # (3, 9, 50) one pass over the canvases
-    assert_close_to_largest([mi], [mi_of_draws(z[torch.arange(3)[:, None], order], 5.0)], CLOSE)
+    expected = mi_of_draws(z[torch.arange(3)[:, None], order], 5.0)
+    # the MI is a difference of terms of size beta = 5 that nearly cancel at initialization: its
+    # rounding is bounded relative to beta, not to the MI (about 1e-6 here)
+    assert (mi - expected).abs() <= CLOSE * 5.0, (mi - expected).abs()
     lam = 0.5
     channel_grads = {}  # {(samples, lambda): the channel's gradients}
     for samples in ("0", "9"):
