@@ -145,8 +145,8 @@ def main(argv=None):
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     encoder, channel = encoder.to(device), channel.to(device)
     modes = ["grid"]
-    n = a.topn or [TOPN[args.dataset]]
-    topn = {"topn": n[0], **{f"top{m}": m for m in n[1:]}}  # {mode: its n}
+    ns = a.topn or [TOPN[args.dataset]]
+    topn = {"topn": ns[0], **{f"top{m}": m for m in ns[1:]}}  # {mode: its n}
     if args.method == "ours" and getattr(args, "channel", "learned") == "learned":
         modes += list(topn)  # a uniform channel has no most probable crops
     if args.dataset == "regional":  # on MNIST every digit is the centre crop
